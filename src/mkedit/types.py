@@ -1,0 +1,76 @@
+"""Plain data the library passes around: what to edit, and what an edit produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mkedit.languages import normalize_code
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to change in one language: ``question`` should be answered by ``answer``.
+
+    ``paraphrases`` are other phrasings of ``question`` used only to locate neurons (Eq. 4); the
+    test inputs of a benchmark (rephrase, portability) must never be put here.
+    """
+
+    lang: str
+    subject: str
+    question: str
+    answer: str
+    paraphrases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lang", normalize_code(self.lang))
+        for name in ("subject", "question", "answer"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"EditRequest.{name} must be a non-empty string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EditGroup:
+    """The same fact in several languages, edited together (the paper's group G)."""
+
+    requests: tuple[EditRequest, ...]
+    group_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.requests:
+            raise ValueError("an EditGroup needs at least one EditRequest")
+        langs = [r.lang for r in self.requests]
+        if len(set(langs)) != len(langs):
+            raise ValueError(f"an EditGroup holds one request per language, got {langs}")
+
+    @property
+    def langs(self) -> list[str]:
+        return [r.lang for r in self.requests]
+
+    def request(self, lang: str) -> EditRequest:
+        code = normalize_code(lang)
+        for req in self.requests:
+            if req.lang == code:
+                return req
+        raise KeyError(f"edit group {self.group_id!r} has no language {code!r} (has {self.langs})")
+
+    def restrict(self, langs: list[str]) -> EditGroup:
+        """The same group keeping only ``langs`` (in that order)."""
+        return EditGroup(tuple(self.request(lang) for lang in langs), self.group_id)
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """A benchmark input with its expected answer (Reliability, Generality, Locality, Portability)."""
+
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    """One benchmark record: the edit group plus, per language, the test cases of each metric."""
+
+    record_id: str
+    group: EditGroup
+    tests: dict[str, dict[str, TestCase]] = field(default_factory=dict)  # lang -> metric -> case
