@@ -101,7 +101,11 @@ def locate_subject(
     if span.kind == "approximate":
         log.warning(
             "subject %r not verbatim in %r%s; using approximate match %r (score %.0f)",
-            subject, text, where, span.surface, span.score,
+            subject,
+            text,
+            where,
+            span.surface,
+            span.score,
         )
     return span
 
@@ -113,14 +117,10 @@ def last_token_index(offsets: Sequence[tuple[int, int]], char_end: int) -> int:
     span is empty, are skipped.
     """
     target = char_end - 1
-    best = -1
-    for i, (start, end) in enumerate(offsets):
-        if end <= start:
-            continue
-        if start <= target < end:
-            return i
-        if end <= target + 1:
-            best = i  # a token ending before the target; used if the target char has no token of its own
-    if best < 0:
+    covering = [i for i, (start, end) in enumerate(offsets) if end > start and start <= target < end]
+    if covering:
+        return covering[-1]  # a character split over several byte tokens ends at the last of them
+    before = [i for i, (start, end) in enumerate(offsets) if start < end <= target + 1]
+    if not before:
         raise SubjectNotFoundError(f"no token covers character {target} (offsets {list(offsets)[:8]}...)")
-    return best
+    return before[-1]

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny random models of each supported family, built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    Gemma3TextConfig,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "vocab_size": 320}
+
+
+def tiny_config(family: str) -> PretrainedConfig:
+    """A 4-layer, 64-wide config of ``family`` with a 320-token vocabulary."""
+    if family == "llama":
+        return LlamaConfig(num_attention_heads=4, num_key_value_heads=2, **TINY)
+    if family == "qwen2":
+        return Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **TINY)
+    if family == "gemma3":
+        return Gemma3TextConfig(
+            num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16, **TINY
+        )
+    if family == "bloom":
+        return BloomConfig(hidden_size=64, n_layer=4, n_head=4, vocab_size=320)
+    if family == "gpt2":
+        return GPT2Config(
+            n_embd=64,
+            n_layer=4,
+            n_head=4,
+            n_inner=128,
+            vocab_size=320,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    raise ValueError(family)
+
+
+FAMILIES = ("llama", "qwen2", "gemma3", "bloom", "gpt2")
+
+
+def build_tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family))
+    model.eval()
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    return build_tiny_model(request.param)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 byte tokens + pad/eos) that any text, Chinese included, fits into."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<eos>": 1}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    return tok
+
+
+@pytest.fixture
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer()
