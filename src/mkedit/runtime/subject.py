@@ -10,6 +10,7 @@ editing at a wrong position would silently corrupt the edit.
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,13 +52,83 @@ def _normalise(text: str) -> tuple[str, list[int]]:
     return "".join(out), origin
 
 
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK): no word to snap to.
+_UNSPACED_RANGES = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x3040, 0x30FF),
+    (0x3400, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0x20000, 0x2FFFF),
+)
+
+
+def _word_char(ch: str) -> bool:
+    """A letter or digit of a script that separates words with spaces (Latin, Cyrillic, Greek, ...)."""
+    return ch.isalnum() and not any(lo <= ord(ch) <= hi for lo, hi in _UNSPACED_RANGES)
+
+
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch).startswith("M")
+
+
 def _snap_to_words(text: str, start: int, end: int) -> tuple[int, int]:
-    """Widen a span so it neither starts nor ends inside a word (no-op in scripts without spaces)."""
-    while start > 0 and text[start - 1].isalnum() and text[start].isalnum() and text[start - 1].isascii():
+    """Widen a span so it neither starts nor ends inside a word, nor splits a letter from its marks.
+
+    Word snapping is a no-op in scripts without spaces; mark snapping keeps Thai vowel and tone signs.
+    """
+    while start > 0 and (_is_mark(text[start]) or (_word_char(text[start - 1]) and _word_char(text[start]))):
         start -= 1
-    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum() and text[end].isascii():
+    while end < len(text) and (_is_mark(text[end]) or (_word_char(text[end]) and _word_char(text[end - 1]))):
         end += 1
     return start, end
+
+
+def _tidy(text: str, start: int, end: int, subject: str) -> tuple[int, int]:
+    """Drop edge spaces and edge punctuation the subject lacks (``?``, quotes); keeps ``(APA-56)``."""
+
+    def junk(ch: str) -> bool:
+        return ch.isspace() or (unicodedata.category(ch)[0] in "PS" and ch not in subject)
+
+    while start < end and junk(text[start]):
+        start += 1
+    while end > start and junk(text[end - 1]):
+        end -= 1
+    return start, end
+
+
+def _trim_words(text: str, span: tuple[int, int], aligned: tuple[int, int], subject: str) -> tuple[int, int]:
+    """Drop edge words that lie mostly outside the aligned characters, when that fits the subject better.
+
+    The alignment window is as long as the subject, so a subject longer than its occurrence (an
+    inflected or shortened form) reaches into the next word, which snapping then takes whole:
+    "Gretta Taslakian spojena" for "Gretta Taslakianová".
+    """
+    norm_subject, _ = _normalise(subject)
+
+    def closeness(candidate: tuple[int, int]) -> float:
+        return fuzz.ratio(norm_subject, _normalise(text[candidate[0] : candidate[1]])[0])
+
+    def mostly_outside(word: tuple[int, int]) -> bool:
+        inside = max(0, min(word[1], aligned[1]) - max(word[0], aligned[0]))
+        return 2 * inside < word[1] - word[0]
+
+    best = _tidy(text, *span, subject)
+    while True:
+        found = re.finditer(r"\S+", text[best[0] : best[1]])
+        words = [(best[0] + m.start(), best[0] + m.end()) for m in found]
+        if len(words) < 2:
+            return best
+        candidates = []
+        if mostly_outside(words[0]):
+            candidates.append(_tidy(text, words[1][0], best[1], subject))
+        if mostly_outside(words[-1]):
+            candidates.append(_tidy(text, best[0], words[-2][1], subject))
+        better = [c for c in candidates if c[1] > c[0] and closeness(c) > closeness(best)]
+        if not better:
+            return best
+        best = max(better, key=closeness)
 
 
 def find_subject(text: str, subject: str, *, min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan | None:
@@ -74,19 +145,13 @@ def find_subject(text: str, subject: str, *, min_score: float = DEFAULT_MIN_SCOR
         return None
     start = origin[alignment.dest_start]
     end = origin[alignment.dest_end - 1] + 1
-    start, end = _snap_to_words(text, start, end)
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
+    start, end = _trim_words(text, _snap_to_words(text, start, end), (start, end), subject)
     if end <= start:
         return None
     return SubjectSpan(start, end, text[start:end], "approximate", float(alignment.score))
 
 
-def locate_subject(
-    text: str, subject: str, *, context: str = "", min_score: float = DEFAULT_MIN_SCORE
-) -> SubjectSpan:
+def locate_subject(text: str, subject: str, *, context: str = "", min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan:
     """Like :func:`find_subject` but warns on an approximate match and raises when nothing fits.
 
     ``context`` names the record and language in messages, so a user can find the offending input.

@@ -1,0 +1,253 @@
+"""Scores of one edited model on benchmark test cases, following the Bi-ZsRE / MzsRE protocol.
+
+**Teacher-forced scores** (what the paper's tables report). The prompt and the gold answer are joined
+by :func:`mkedit.prompting.encode_prompt_answer`; at every answer position the prediction is the
+argmax of the next-token logits given the prompt and the *gold* answer prefix. The predicted ids are
+then compared with the gold ids:
+
+- **F1**: token-level multiset overlap (``Counter`` intersection of predicted and target ids),
+  precision = overlap / len(pred), recall = overlap / len(target), F1 = 2PR / (P + R); 0 when nothing
+  overlaps; 1 when both are empty (as the reference code does).
+  One public version of the benchmark's reference evaluation (``evaluate.py`` of Bi-ZsRE) computes
+  ``overlap² / (len(pred) · len(target))``, i.e. P × R, and calls it F1. We use the true harmonic mean:
+  it is what "F1" means in the papers that define the metric, and P × R is lower whenever P and R are
+  below 1 (P = R = 0.5 gives 0.25 instead of 0.5), so it would understate partial matches. For
+  teacher-forced predictions len(pred) == len(target), so P == R and F1 == P == R anyway; the two
+  definitions differ only on the squared term (F1 = P vs P²).
+- **EM**: the decoded prediction equals the decoded target (special tokens skipped, ``.strip()``-ed).
+- **Locality** has no gold answer of its own: the post-edit predictions are compared with the
+  *pre-edit* predictions of the same model on the same ``loc`` prompt + ``loc_ans`` (teacher-forced),
+  so locality measures "did the edit change anything here", not "is the model right here".
+
+**Generation-based scores** (reported beside, never mixed in): greedy generation of
+len(target tokens) + ``extra_tokens`` new tokens, normalised (:func:`normalize_answer`) and compared
+with the target by exact match and by containment; for locality, with the pre-edit generation.
+
+The model is seen only through callables (:data:`LogitsFn`, :data:`GenerateFn`), so the same code scores
+an unedited HF model, a model with an edit cache applied, or a baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
+
+logger = logging.getLogger(__name__)
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(input_ids [b, s], attention_mask [b, s]) -> logits [b, s, vocab]``."""
+
+GenerateFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens) -> new ids [b, n]``, greedy."""
+
+Case = tuple[str, str, str]
+"""``(prompt, target, lang)``."""
+
+
+@dataclass(frozen=True)
+class TokenPrediction:
+    """Teacher-forced argmax ids at each answer position, beside the gold answer ids (same length)."""
+
+    pred_ids: list[int]
+    target_ids: list[int]
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's pad id, else its EOS id: the value never matters (masked), only that it exists."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def _batch(
+    seqs: Sequence[list[int]], pad_id: int, side: str, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad ``seqs`` to one length on ``side``; returns ``input_ids [b, s]`` and ``attention_mask [b, s]``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        span = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[i, span] = torch.tensor(seq, dtype=torch.long)
+        mask[i, span] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding); results are put back in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def teacher_forced(
+    logits_fn: LogitsFn,
+    tokenizer: PreTrainedTokenizerBase,
+    cases: Sequence[Case],
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[TokenPrediction]:
+    """Argmax predictions at each answer position given the prompt and the gold answer prefix.
+
+    Sequences are right-padded, so the real tokens keep positions 0..len-1 and causal attention never
+    sees the padding: batching does not change any prediction.
+    """
+    encoded = [encode_prompt_answer(tokenizer, prompt, target, lang) for prompt, target, lang in cases]
+    for (prompt, _, _), pair in zip(cases, encoded, strict=True):
+        if pair.answer_start == 0:
+            raise ValueError(f"prompt {prompt!r} encodes to no tokens: nothing predicts the first answer token")
+    # The last answer token is only ever a target, never an input.
+    inputs = [pair.input_ids[:-1] for pair in encoded]
+    pad_id = _pad_id(tokenizer)
+    out: list[TokenPrediction | None] = [None] * len(cases)
+    with torch.no_grad():
+        for idx in _length_batches([len(s) for s in inputs], batch_size):
+            ids, mask = _batch([inputs[i] for i in idx], pad_id, "right", device)
+            argmax = logits_fn(ids, mask).argmax(dim=-1).cpu()  # [b, s]
+            for row, i in enumerate(idx):
+                pair = encoded[i]
+                # logits at position t predict token t + 1: answer token k is predicted at start - 1 + k.
+                preds = argmax[row, pair.answer_start - 1 : len(pair.input_ids) - 1].tolist()
+                out[i] = TokenPrediction(pred_ids=preds, target_ids=list(pair.answer_ids))
+    return [p for p in out if p is not None]
+
+
+def token_f1(pred_ids: Sequence[int], target_ids: Sequence[int]) -> float:
+    """Harmonic-mean F1 of the multiset overlap of two id sequences (see the module docstring)."""
+    if not pred_ids and not target_ids:
+        return 1.0
+    overlap = sum((Counter(pred_ids) & Counter(target_ids)).values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_ids)
+    recall = overlap / len(target_ids)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_em(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase) -> tuple[float, float]:
+    """Teacher-forced ``(F1, EM)`` of one case, each in 0..1."""
+    f1 = token_f1(pred.pred_ids, pred.target_ids)
+    pred_text = tokenizer.decode(pred.pred_ids, skip_special_tokens=True).strip()
+    target_text = tokenizer.decode(pred.target_ids, skip_special_tokens=True).strip()
+    return f1, float(pred_text == target_text)
+
+
+def locality_scores(
+    pre: TokenPrediction, post: TokenPrediction, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[float, float]:
+    """Locality ``(F1, EM)``: post-edit predictions scored against the pre-edit predictions.
+
+    Both are compared as ids (EM = identical id sequences), so ``tokenizer`` is not needed; it is
+    accepted so that call sites look like :func:`f1_em`.
+    """
+    if pre.target_ids != post.target_ids:
+        raise ValueError("locality_scores needs the pre- and post-edit predictions of the same case")
+    return token_f1(post.pred_ids, pre.pred_ids), float(post.pred_ids == pre.pred_ids)
+
+
+# --------------------------------------------------------------------------- generation-based scores
+
+
+def max_new_tokens_for(tokenizer: PreTrainedTokenizerBase, target: str, lang: str, extra_tokens: int = 4) -> int:
+    """Generation budget for a case: the target's token count (as teacher-forced) + ``extra_tokens``."""
+    return len(encode_answer(tokenizer, target, lang)) + extra_tokens
+
+
+def generate_answers(
+    generate_fn: GenerateFn,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens_for_each: Sequence[int],
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[str]:
+    """Greedy continuations of ``prompts``, decoded, cut at EOS and at each prompt's own budget.
+
+    Prompts are left-padded (generation appends on the right). A batch is generated with its largest
+    budget and each row is then cut to its own: greedy decoding is prefix-consistent, so this equals
+    generating each row with its own budget.
+    """
+    if len(prompts) != len(max_new_tokens_for_each):
+        raise ValueError("generate_answers needs one max_new_tokens per prompt")
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    pad_id = _pad_id(tokenizer)
+    eos_id = tokenizer.eos_token_id
+    out: list[str] = [""] * len(prompts)
+    with torch.no_grad():
+        for idx in _length_batches([len(s) for s in encoded], batch_size):
+            ids, mask = _batch([encoded[i] for i in idx], pad_id, "left", device)
+            budget = max(max_new_tokens_for_each[i] for i in idx)
+            new_ids = generate_fn(ids, mask, budget).cpu()  # [b, n]
+            for row, i in enumerate(idx):
+                toks = new_ids[row, : max_new_tokens_for_each[i]].tolist()
+                if eos_id is not None and eos_id in toks:
+                    toks = toks[: toks.index(eos_id)]
+                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+    return out
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_answer(text: str) -> str:
+    """NFKC, casefold, delete punctuation (Unicode category P*, so CJK 。，「」 too), collapse spaces.
+
+    English articles are *kept*, unlike SQuAD's normaliser: dropping "a/an/the" without knowing the
+    language would delete real words elsewhere (French/Portuguese "a" = "has"/"the", etc.) and make the
+    same normalisation mean different things in the twelve MzsRE languages; the benchmarks' own EM
+    removes nothing either. Punctuation is deleted (not replaced by a space), as SQuAD does, which also
+    suits scripts written without spaces.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return _SPACES.sub(" ", text).strip()
+
+
+def _first_line(generated: str) -> str:
+    """The answer part of a generation: leading whitespace dropped, then cut at the first newline.
+
+    Leading newlines are dropped first so that "\\nParis" counts as answering "Paris".
+    """
+    return generated.lstrip().split("\n", 1)[0]
+
+
+def gen_exact_match(generated: str, target: str) -> float:
+    """1.0 if the normalised first line of ``generated`` equals the normalised ``target``, else 0.0."""
+    return float(normalize_answer(_first_line(generated)) == normalize_answer(target))
+
+
+def gen_contains(generated: str, target: str) -> float:
+    """1.0 if the normalised ``target`` occurs in the normalised first line of ``generated``.
+
+    A plain substring test (it cannot know word boundaries in unspaced scripts), so "Paris" is also
+    found in "Parisian"; an empty normalised target only matches an empty answer.
+    """
+    gen = normalize_answer(_first_line(generated))
+    tgt = normalize_answer(target)
+    if not tgt:
+        return float(gen == tgt)
+    return float(tgt in gen)
+
+
+def gen_locality_scores(pre_generated: str, post_generated: str) -> tuple[float, float]:
+    """Generation-based locality ``(gen_em, gen_contains)``: the post-edit answer vs the pre-edit one."""
+    pre = _first_line(pre_generated)
+    return gen_exact_match(post_generated, pre), gen_contains(post_generated, pre)
+
+
+def aggregate(values: Sequence[float]) -> float | None:
+    """Mean of 0..1 scores as a percentage (0-100); ``None`` when there is nothing to average."""
+    if not values:
+        return None
+    return 100.0 * sum(values) / len(values)

@@ -1,0 +1,1 @@
+"""Editing methods, all behind the :class:`~mkedit.methods.base.Editor` interface."""

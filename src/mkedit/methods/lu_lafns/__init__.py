@@ -1,0 +1,7 @@
+"""LU-LAFNs: locate language-agnostic factual neurons and learn one shared update for them."""
+
+from mkedit.methods.lu_lafns.config import PRESETS, LuLafnConfig, get_preset, preset_for
+from mkedit.methods.lu_lafns.editor import LuLafnEditor
+from mkedit.methods.lu_lafns.locate import LocateResult
+
+__all__ = ["PRESETS", "LocateResult", "LuLafnConfig", "LuLafnEditor", "get_preset", "preset_for"]

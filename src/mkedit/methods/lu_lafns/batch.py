@@ -1,0 +1,136 @@
+"""The training sequences of one edit group, and how they become padded tensors.
+
+Per language: the question after each random prefix (and bare), followed by the new answer (Eq. 8),
+and one "{subject} is a" prompt for the KL term (Eq. 9). Every sequence records where its subject's
+last token is, since that is where ΔV is added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mkedit.arch.hooks import Placement
+from mkedit.languages import get_language
+from mkedit.prompting import encode_answer
+from mkedit.runtime.subject import SubjectSpan, last_token_index, locate_subject
+from mkedit.types import EditRequest
+
+EDIT_KEY = "edit"
+
+
+@dataclass(frozen=True)
+class TrainSequence:
+    input_ids: tuple[int, ...]
+    subject_pos: int
+    kind: Literal["target", "kl"]
+    answer_start: int = -1  # first answer token (target sequences only)
+
+
+def encode_with_subject(tokenizer: PreTrainedTokenizerBase, text: str, span: SubjectSpan) -> tuple[list[int], int]:
+    """Token ids of ``text`` and the index of the token holding the subject's last character."""
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    return list(enc["input_ids"]), last_token_index(enc["offset_mapping"], span.end)
+
+
+def shift(span: SubjectSpan, by: int) -> SubjectSpan:
+    return SubjectSpan(span.start + by, span.end + by, span.surface, span.kind, span.score)
+
+
+def sequences_for_request(
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    prefixes: Sequence[str],
+    include_bare: bool,
+    context: str,
+) -> tuple[list[TrainSequence], SubjectSpan]:
+    """Target sequences (prefix + question + answer) and the KL prompt of one language."""
+    lang = get_language(request.lang)
+    span = locate_subject(request.question, request.subject, context=context)
+    answer_ids = encode_answer(tokenizer, request.answer, request.lang)
+    heads = ([""] if include_bare else []) + [p + lang.sentence_sep for p in prefixes]
+    sequences = []
+    for head in heads:
+        ids, pos = encode_with_subject(tokenizer, head + request.question, shift(span, len(head)))
+        sequences.append(TrainSequence(tuple(ids + answer_ids), pos, "target", len(ids)))
+    kl_text = lang.kl_template.format(s=request.subject)
+    kl_start = kl_text.index(request.subject)
+    kl_span = SubjectSpan(kl_start, kl_start + len(request.subject), request.subject, "verbatim", 100.0)
+    ids, pos = encode_with_subject(tokenizer, kl_text, kl_span)
+    sequences.append(TrainSequence(tuple(ids), pos, "kl"))
+    return sequences, span
+
+
+@dataclass
+class TensorBatch:
+    """Right-padded tensors of some training sequences and the positions the loss reads.
+
+    ``target_*`` are flat over all answer tokens: predict ``target_ids`` at ``(target_rows,
+    target_pos)`` with weight ``target_weight``; ``kl_*`` index the last token of each KL prompt.
+    """
+
+    input_ids: torch.Tensor  # [b, s]
+    attention_mask: torch.Tensor  # [b, s]
+    placements: list[Placement]
+    target_rows: torch.Tensor
+    target_pos: torch.Tensor
+    target_ids: torch.Tensor
+    target_weight: torch.Tensor
+    kl_rows: torch.Tensor
+    kl_pos: torch.Tensor
+    kl_weight: torch.Tensor
+    subject_rows: torch.Tensor  # rows of target sequences, for reading base values
+    subject_pos: torch.Tensor
+
+    def read_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All (row, pos) whose logits the loss needs: answer positions, then KL positions."""
+        return torch.cat([self.target_rows, self.kl_rows]), torch.cat([self.target_pos, self.kl_pos])
+
+
+def to_tensor_batch(
+    sequences: Sequence[TrainSequence], pad_id: int, n_target: int, n_kl: int, device: torch.device
+) -> TensorBatch:
+    """Pad ``sequences``; loss weights are normalised by the totals of the whole group
+    (``n_target`` target sequences, ``n_kl`` KL prompts), so splitting a group into several
+    batches and summing their losses gives the same objective."""
+    width = max(len(s.input_ids) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    t_rows, t_pos, t_ids, t_w, k_rows, k_pos, s_rows, s_pos = [], [], [], [], [], [], [], []
+    for row, seq in enumerate(sequences):
+        n = len(seq.input_ids)
+        ids[row, :n] = torch.tensor(seq.input_ids)
+        mask[row, :n] = 1
+        if seq.kind == "target":
+            positions = range(seq.answer_start, n)
+            t_rows += [row] * len(positions)
+            t_pos += [p - 1 for p in positions]
+            t_ids += [seq.input_ids[p] for p in positions]
+            t_w += [1.0 / (len(positions) * n_target)] * len(positions)
+            s_rows.append(row)
+            s_pos.append(seq.subject_pos)
+        else:
+            k_rows.append(row)
+            k_pos.append(n - 1)
+
+    def long(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    return TensorBatch(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        placements=[Placement(row, seq.subject_pos, EDIT_KEY) for row, seq in enumerate(sequences)],
+        target_rows=long(t_rows),
+        target_pos=long(t_pos),
+        target_ids=long(t_ids),
+        target_weight=torch.tensor(t_w, device=device),
+        kl_rows=long(k_rows),
+        kl_pos=long(k_pos),
+        kl_weight=torch.full((len(k_rows),), 1.0 / max(n_kl, 1), device=device),
+        subject_rows=long(s_rows),
+        subject_pos=long(s_pos),
+    )

@@ -1,0 +1,129 @@
+"""Every hyperparameter of LU-LAFNs in one dataclass, with per-model presets.
+
+Paper presets (Sec. 4.1) are copied from the paper. Presets for the packaged CPU models were chosen by
+measurement (see ``benchmarks/preset_search.py`` and the README). Fields the paper leaves open
+(learning rate, steps, norm bound, where the update is added) are documented choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mkedit.arch import NeuronSite
+
+LocateStrategy = Literal["lafns", "all", "random"]
+
+
+@dataclass(frozen=True)
+class LuLafnConfig:
+    """Hyperparameters of one LU-LAFNs edit."""
+
+    layers: tuple[int, ...] = (-8, -7, -6, -1)
+    """FFN layers whose LAFNs are updated (negative = from the end)."""
+    beta: float = 0.0
+    """Eq. 5 threshold: keep neurons with ``count / max(count) > beta``."""
+    locate_strategy: LocateStrategy = "lafns"
+    """``lafns`` (the method), ``all`` (every neuron of the layers) or ``random`` (as many random
+    neurons as LAFNs): the ablations of the paper's Table 6."""
+    site: NeuronSite = "act_fn"
+    """Where ΔV is added: ``act_fn`` = to the neurons themselves (the paper's definition, Eq. 3), or
+    ``down_proj_input`` = after the gate product (identical to ``act_fn`` for plain FFNs)."""
+    lambda_target: float = 1.0
+    """λ1 of Eq. 10."""
+    lambda_kl: float = 0.0625
+    """λ2 of Eq. 10 (MEMIT's value, as in the paper)."""
+    num_prefixes: int = 4
+    """M of Eq. 8: random prefixes per language."""
+    prefix_length: int = 5
+    """Tokens per random prefix, its seed word included."""
+    include_bare_question: bool = True
+    """Also train on the question without a prefix (as MEMIT's context templates do)."""
+    learning_rate: float = 0.5
+    max_steps: int = 40
+    early_stop_nll: float = 0.05
+    """Stop once the mean answer NLL (Eq. 8) is below this."""
+    max_delta_norm_ratio: float = 4.0
+    """Bound ``||ΔV_layer|| <= ratio * ||V_layer||`` at the subject token (base values on the LAFNs)."""
+    seed: int = 0
+    # Speed switches: all on by default; off reproduces the straightforward implementation.
+    batch_sequences: bool = True
+    """One padded forward for every language, prefix and KL prompt of a group."""
+    reuse_lower_layers: bool = True
+    """Compute the blocks below the first edited layer once, not every step."""
+    answer_logits_only: bool = True
+    """Apply the output head only at answer and KL positions."""
+    locate_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("LuLafnConfig.layers must name at least one layer")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        for name in ("learning_rate", "max_delta_norm_ratio"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.num_prefixes < 0 or self.prefix_length < 1 or self.max_steps < 1:
+            raise ValueError("num_prefixes >= 0, prefix_length >= 1 and max_steps >= 1 are required")
+        if self.num_prefixes == 0 and not self.include_bare_question:
+            raise ValueError("no training sequences: set num_prefixes > 0 or include_bare_question")
+
+    def replace(self, **changes: Any) -> LuLafnConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LuLafnConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown LuLafnConfig fields: {sorted(unknown)}")
+        values = dict(data)
+        if "layers" in values:
+            values["layers"] = tuple(values["layers"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration and the model names it is meant for."""
+
+    name: str
+    config: LuLafnConfig
+    matches: tuple[str, ...] = field(default=())
+    source: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("llama-3.1-8b", LuLafnConfig(layers=(11, 12, 13, 31), beta=0.1), ("llama-3.1-8b",), "paper"),
+        Preset("qwen2-7b", LuLafnConfig(layers=(19, 20, 21, 27), beta=0.0), ("qwen2-7b",), "paper"),
+        Preset("bloomz-7b1-mt", LuLafnConfig(layers=(9, 10, 11, 29), beta=0.2), ("bloomz-7b1",), "paper"),
+        Preset("qwen2.5-0.5b", LuLafnConfig(layers=(16, 17, 18, 23), beta=0.0), ("qwen2.5-0.5b",), "measured"),
+        Preset("qwen2.5-1.5b", LuLafnConfig(layers=(18, 19, 20, 27), beta=0.0), ("qwen2.5-1.5b",), "scaled"),
+        Preset("smollm2-135m", LuLafnConfig(layers=(18, 19, 20, 29), beta=0.0), ("smollm2-135m",), "scaled"),
+        Preset("gemma3-270m", LuLafnConfig(layers=(11, 12, 13, 17), beta=0.0), ("gemma3-270m",), "scaled"),
+        Preset("default", LuLafnConfig(), (), "rule of thumb: three middle-upper layers and the last"),
+    )
+}
+
+
+def preset_for(model_name: str) -> Preset:
+    """The preset whose name pattern occurs in ``model_name`` (case-insensitive), else ``default``."""
+    lowered = model_name.lower().replace("_", "-")
+    for preset in PRESETS.values():
+        if any(pattern in lowered for pattern in preset.matches):
+            return preset
+    return PRESETS["default"]
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]

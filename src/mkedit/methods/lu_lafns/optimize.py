@@ -1,0 +1,162 @@
+"""Editing stage (Eq. 7-10): learn one update ΔV on the LAFNs, shared by every language of a group.
+
+    L = λ1 · mean_{ℓ,m} NLL(y_ℓ | p_m + x_ℓ)  +  λ2 · mean_ℓ KL(P_base(· | s_ℓ is a) || P_edit(· | s_ℓ is a))
+
+ΔV is added at the subject's last token of every sequence. The speed switches of the config change
+how the same objective is computed, never its value.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mkedit.arch import FFNAdapter
+from mkedit.arch.hooks import capture_site_values, neuron_updates
+from mkedit.arch.replay import capture_block_output, replaying
+from mkedit.methods.lu_lafns.batch import EDIT_KEY, TensorBatch, TrainSequence, to_tensor_batch
+from mkedit.methods.lu_lafns.config import LuLafnConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimizeResult:
+    deltas: dict[int, torch.Tensor]  # layer -> ΔV values on that layer's LAFNs
+    steps: int
+    target_nll: float
+    kl: float
+    history: list[float] = field(default_factory=list)  # total loss per step
+    seconds: float = 0.0
+
+
+def read_logprobs(
+    adapter: FFNAdapter, batch: TensorBatch, rows: torch.Tensor, pos: torch.Tensor, full_logits: bool
+) -> torch.Tensor:
+    """Log-probabilities ``[n, vocab]`` at ``(rows, pos)``. With ``full_logits=False`` the output head
+    runs only at those positions instead of everywhere."""
+    if full_logits:
+        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return F.log_softmax(logits[rows, pos].float(), dim=-1)
+    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return F.log_softmax(adapter.logits_from_hidden(hidden.last_hidden_state[rows, pos]).float(), dim=-1)
+
+
+@dataclass
+class _Prepared:
+    """What one batch needs before the loop: base KL distributions and replayable lower blocks."""
+
+    batch: TensorBatch
+    base_kl: torch.Tensor  # [n_kl, vocab] log-probs of the untouched model
+    lower: object | None
+
+
+def _prepare(
+    adapter: FFNAdapter, batch: TensorBatch, config: LuLafnConfig, first_layer: int
+) -> tuple[_Prepared, dict[int, torch.Tensor]]:
+    """One no-grad forward without ΔV: base KL log-probs, base neuron values at the subject tokens
+    (for the norm bound), and the lower blocks' output for replay."""
+    with ExitStack() as stack, torch.no_grad():
+        values = stack.enter_context(capture_site_values(adapter, config.layers, config.site))
+        lower = (
+            stack.enter_context(capture_block_output(adapter, first_layer - 1))
+            if config.reuse_lower_layers and first_layer > 0
+            else None
+        )
+        base = read_logprobs(adapter, batch, batch.kl_rows, batch.kl_pos, not config.answer_logits_only)
+    subject_values = {
+        layer: v[batch.subject_rows, batch.subject_pos] for layer, v in values.items()
+    }  # [n_target, d_ffn]
+    return _Prepared(batch, base, lower["out"] if lower is not None else None), subject_values
+
+
+def _batch_loss(
+    adapter: FFNAdapter, prepared: _Prepared, config: LuLafnConfig, first_layer: int, updates: dict
+) -> tuple[torch.Tensor, float, float]:
+    batch = prepared.batch
+    with ExitStack() as stack:
+        if prepared.lower is not None:
+            stack.enter_context(replaying(adapter, first_layer, prepared.lower))
+        stack.enter_context(neuron_updates(adapter, updates, batch.placements, config.site))
+        rows, pos = batch.read_positions()
+        logp = read_logprobs(adapter, batch, rows, pos, not config.answer_logits_only)
+    n_t = batch.target_rows.numel()
+    token_logp = logp[:n_t].gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
+    nll = -(token_logp * batch.target_weight).sum()
+    kl_rows = F.kl_div(logp[n_t:], prepared.base_kl, log_target=True, reduction="none").sum(-1)
+    kl = (kl_rows * batch.kl_weight).sum()
+    return config.lambda_target * nll + config.lambda_kl * kl, nll.item(), kl.item()
+
+
+def optimize_delta(
+    adapter: FFNAdapter,
+    sequences: Sequence[TrainSequence],
+    lafns: dict[int, torch.Tensor],
+    config: LuLafnConfig,
+    pad_id: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> OptimizeResult:
+    """Adam on ΔV until the answer NLL falls below ``early_stop_nll`` or ``max_steps`` is reached."""
+    start = time.perf_counter()
+    device = next(adapter.model.parameters()).device
+    layers = sorted(lafns)
+    first_layer = layers[0]
+    n_target = sum(s.kind == "target" for s in sequences)
+    n_kl = len(sequences) - n_target
+    groups = [list(sequences)] if config.batch_sequences else [[s] for s in sequences]
+    batches = [to_tensor_batch(g, pad_id, n_target, n_kl, device) for g in groups]
+    cfg = config.replace(layers=tuple(layers))
+    prepared, base_values = [], {layer: [] for layer in layers}
+    for batch in batches:
+        prep, values = _prepare(adapter, batch, cfg, first_layer)
+        prepared.append(prep)
+        for layer in layers:
+            base_values[layer].append(values[layer])
+    bounds = {}
+    for layer in layers:
+        v = torch.cat(base_values[layer])[:, lafns[layer].to(device)].float()
+        bounds[layer] = config.max_delta_norm_ratio * max(float(v.norm(dim=-1).mean()), 1e-3)
+
+    dtype = next(adapter.model.parameters()).dtype
+    deltas = {
+        layer: torch.zeros(lafns[layer].numel(), device=device, dtype=dtype, requires_grad=True) for layer in layers
+    }
+    updates = {EDIT_KEY: {layer: (lafns[layer].to(device), deltas[layer]) for layer in layers}}
+    optimizer = torch.optim.Adam(list(deltas.values()), lr=config.learning_rate)
+    history: list[float] = []
+    nll = kl = float("nan")
+    steps = 0
+    for step in range(config.max_steps):
+        optimizer.zero_grad(set_to_none=True)
+        total = nll = kl = 0.0
+        for prep in prepared:
+            loss, part_nll, part_kl = _batch_loss(adapter, prep, cfg, first_layer, updates)
+            loss.backward()
+            total, nll, kl = total + loss.item(), nll + part_nll, kl + part_kl
+        history.append(total)
+        steps = step + 1
+        if on_step is not None:
+            on_step(steps, total)
+        if nll < config.early_stop_nll:
+            break
+        optimizer.step()
+        with torch.no_grad():
+            for layer, delta in deltas.items():
+                norm = float(delta.norm())
+                if norm > bounds[layer]:
+                    delta.mul_(bounds[layer] / norm)
+    log.debug("optimised ΔV in %d steps: nll %.4f kl %.4f", steps, nll, kl)
+    return OptimizeResult(
+        deltas={layer: d.detach().clone() for layer, d in deltas.items()},
+        steps=steps,
+        target_nll=nll,
+        kl=kl,
+        history=history,
+        seconds=time.perf_counter() - start,
+    )

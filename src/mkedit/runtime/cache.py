@@ -1,0 +1,197 @@
+"""The edit cache of Eq. 11: {aligned subjects of every language -> ΔV}, bound to one model.
+
+On disk a cache is a folder with ``cache.json`` (format version, model fingerprint, method config,
+and per edit its subjects, questions, answers and statistics) and ``deltas-<hash>.safetensors`` (per
+edit and layer, neuron indices and values). The tensors file is written first under a name derived
+from its content, then ``cache.json`` is replaced atomically: an interrupted save leaves the previous
+cache intact, and a truncated or altered tensors file is detected by its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mkedit.arch.base import NeuronSite
+from mkedit.arch.hooks import NeuronUpdates
+from mkedit.errors import CacheError
+from mkedit.models.fingerprint import ModelFingerprint, model_fingerprint
+from mkedit.runtime.atomic import write_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mkedit-edit-cache"
+FORMAT_VERSION = 1
+INDEX_FILE = "cache.json"
+
+
+@dataclass
+class CachedEdit:
+    """One edit: the subject strings that trigger it and the per-layer neuron update."""
+
+    edit_id: str
+    subjects: dict[str, list[str]]  # lang -> surface forms that trigger the edit
+    deltas: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (indices [k] long, values [k] float32)
+    info: dict[str, Any] = field(default_factory=dict)  # languages, questions, answers, time, stats
+
+    def surfaces(self) -> set[str]:
+        return {s for forms in self.subjects.values() for s in forms}
+
+    def num_neurons(self) -> int:
+        return sum(int(idx.numel()) for idx, _ in self.deltas.values())
+
+
+class EditCache:
+    """An ordered collection of edits for one model, saved and loaded as a folder."""
+
+    def __init__(
+        self, fingerprint: ModelFingerprint, method: str, method_config: dict[str, Any], site: NeuronSite
+    ) -> None:
+        self.fingerprint = fingerprint
+        self.method = method
+        self.method_config = method_config
+        self.site: NeuronSite = site
+        self._edits: dict[str, CachedEdit] = {}
+
+    # --- collection -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._edits)
+
+    def __iter__(self) -> Iterator[CachedEdit]:
+        return iter(list(self._edits.values()))
+
+    def __contains__(self, edit_id: object) -> bool:
+        return edit_id in self._edits
+
+    def get(self, edit_id: str) -> CachedEdit:
+        if edit_id not in self._edits:
+            raise KeyError(f"no edit {edit_id!r} in the cache")
+        return self._edits[edit_id]
+
+    def add(self, edit: CachedEdit) -> list[str]:
+        """Add ``edit``; edits sharing a subject with it (or its id) are replaced. Returns their ids."""
+        new_surfaces = edit.surfaces()
+        replaced = [
+            old.edit_id for old in self._edits.values() if old.edit_id == edit.edit_id or old.surfaces() & new_surfaces
+        ]
+        for old_id in replaced:
+            shared = sorted(self._edits[old_id].surfaces() & new_surfaces)
+            log.warning("edit %s replaces cached edit %s (shared subjects: %s)", edit.edit_id, old_id, shared)
+            del self._edits[old_id]
+        self._edits[edit.edit_id] = edit
+        return replaced
+
+    def remove(self, edit_id: str) -> CachedEdit:
+        return self._edits.pop(self.get(edit_id).edit_id)
+
+    def updates(self) -> NeuronUpdates:
+        """Per edit id, per layer, the (indices, values) the runtime adds."""
+        return {e.edit_id: e.deltas for e in self._edits.values()}
+
+    def subject_entries(self) -> list[tuple[str, str]]:
+        """(surface form, edit id) pairs for a subject matcher."""
+        return [(surface, e.edit_id) for e in self._edits.values() for surface in sorted(e.surfaces())]
+
+    # --- model binding ----------------------------------------------------------------------------
+    def check_model(self, model: nn.Module, name: str = "") -> None:
+        """Refuse to serve edits computed on another model: ΔV is meaningless elsewhere."""
+        actual = model_fingerprint(model, name or self.fingerprint.name)
+        if not self.fingerprint.matches(actual):
+            raise CacheError(
+                f"this edit cache was made for model {self.fingerprint.name!r} "
+                f"(config {self.fingerprint.config_hash[:12]}, weights {self.fingerprint.weights_hash[:12]}), "
+                f"not for the loaded model {actual.name!r} (config {actual.config_hash[:12]}, "
+                f"weights {actual.weights_hash[:12]})"
+            )
+
+    # --- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the cache folder atomically (see the module docstring); returns the folder."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for edit in self._edits.values():
+            for layer, (idx, val) in edit.deltas.items():
+                tensors[f"{edit.edit_id}/{layer}/idx"] = idx.detach().to("cpu", torch.long).contiguous()
+                tensors[f"{edit.edit_id}/{layer}/val"] = val.detach().to("cpu", torch.float32).contiguous()
+        blob_holder: dict[str, bytes] = {}
+
+        def write_tensors(tmp: Path) -> None:
+            save_file(tensors, str(tmp))
+            blob_holder["sha"] = hashlib.sha256(tmp.read_bytes()).digest()
+
+        staging = folder / "deltas.staging.safetensors"
+        write_atomic(staging, write_tensors)
+        digest = blob_holder["sha"].hex()
+        tensors_name = f"deltas-{digest[:16]}.safetensors"
+        staging.replace(folder / tensors_name)
+        index = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": self.fingerprint.to_dict(),
+            "method": self.method,
+            "method_config": self.method_config,
+            "site": self.site,
+            "tensors_file": tensors_name,
+            "tensors_sha256": digest,
+            "edits": [
+                {"id": e.edit_id, "subjects": e.subjects, "layers": sorted(e.deltas), "info": e.info}
+                for e in self._edits.values()
+            ],
+        }
+        write_json_atomic(folder / INDEX_FILE, index)
+        for stale in folder.glob("deltas-*.safetensors"):
+            if stale.name != tensors_name:
+                stale.unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None, model_name: str = "") -> EditCache:
+        """Read a cache folder; with ``model``, also check it was made for that model."""
+        folder = Path(path)
+        index_path = folder / INDEX_FILE
+        if not index_path.is_file():
+            raise CacheError(f"{folder} is not an mkedit edit cache (no {INDEX_FILE})")
+        try:
+            index = json.loads(index_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{index_path} is corrupt: {exc}") from exc
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise CacheError(f"{index_path} is not an mkedit edit cache index")
+        if index.get("version") != FORMAT_VERSION:
+            raise CacheError(f"{index_path} has cache format version {index.get('version')}, expected {FORMAT_VERSION}")
+        try:
+            tensors_path = folder / index["tensors_file"]
+            expected_sha = index["tensors_sha256"]
+            fingerprint = ModelFingerprint.from_dict(index["model"])
+            records = index["edits"]
+            cache = cls(fingerprint, index["method"], index["method_config"], index["site"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"{index_path} is missing or has a malformed field: {exc}") from exc
+        if not tensors_path.is_file():
+            raise CacheError(f"{folder}: tensors file {tensors_path.name} named by {INDEX_FILE} is missing")
+        if hashlib.sha256(tensors_path.read_bytes()).hexdigest() != expected_sha:
+            raise CacheError(f"{tensors_path} is corrupt: its sha256 differs from the one recorded in {INDEX_FILE}")
+        tensors = load_file(str(tensors_path))
+        for record in records:
+            try:
+                edit_id = record["id"]
+                deltas = {
+                    int(layer): (tensors[f"{edit_id}/{layer}/idx"], tensors[f"{edit_id}/{layer}/val"])
+                    for layer in record["layers"]
+                }
+                cache._edits[edit_id] = CachedEdit(edit_id, dict(record["subjects"]), deltas, record.get("info", {}))
+            except (KeyError, TypeError) as exc:
+                raise CacheError(f"{index_path}: edit record {record!r:.80} is malformed ({exc})") from exc
+        if model is not None:
+            cache.check_model(model, model_name)
+        return cache

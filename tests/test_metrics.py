@@ -1,0 +1,259 @@
+"""Metric arithmetic on hand-computed cases, and teacher forcing / generation on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_model, build_tiny_tokenizer
+
+from mkedit.eval.metrics import (
+    TokenPrediction,
+    aggregate,
+    f1_em,
+    gen_contains,
+    gen_exact_match,
+    gen_locality_scores,
+    generate_answers,
+    locality_scores,
+    max_new_tokens_for,
+    normalize_answer,
+    teacher_forced,
+    token_f1,
+)
+from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
+
+CASES = [
+    ("The capital of France is", "Paris", "en"),
+    ("Q?", "a much longer answer here", "en"),
+    ("法国的首都是", "巴黎", "zh"),
+    ("Who wrote Hamlet? The play was written by", "William Shakespeare", "en"),
+    ("La capitale de l'Italie est", "Rome", "fr"),
+]
+
+
+def hf_logits(model: torch.nn.Module):
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+# --------------------------------------------------------------------------- F1 / EM arithmetic
+
+
+def test_f1_corner_cases() -> None:
+    assert token_f1([], [5, 6]) == 0.0  # empty prediction
+    assert token_f1([], []) == 1.0  # nothing to predict, nothing predicted (as the reference code)
+    assert token_f1([1, 2], [3, 4]) == 0.0  # no overlap
+    assert token_f1([7, 8, 9], [7, 8, 9]) == 1.0  # perfect
+    assert token_f1([9, 8, 7], [7, 8, 9]) == 1.0  # a bag of tokens: order does not matter
+
+
+def test_f1_counts_repeated_tokens_once_per_occurrence() -> None:
+    # multiset overlap of [5,5,5] and [5,7,8] is one 5: P = R = 1/3. Counting "pred token in target"
+    # would give P = 1 and F1 = 0.5.
+    assert token_f1([5, 5, 5], [5, 7, 8]) == pytest.approx(1 / 3)
+    # overlap {5: 1, 6: 1} = 2 of 4 each way
+    assert token_f1([5, 5, 5, 6], [5, 6, 6, 7]) == pytest.approx(0.5)
+
+
+def test_f1_is_harmonic_mean_not_product() -> None:
+    # overlap 2, P = 2/2 = 1, R = 2/4 = 0.5: harmonic mean 2/3, product (one reference version) 0.5
+    pred, target = [1, 2], [1, 2, 3, 4]
+    p, r = 1.0, 0.5
+    assert token_f1(pred, target) == pytest.approx(2 * p * r / (p + r)) == pytest.approx(2 / 3)
+    assert token_f1(pred, target) != pytest.approx(p * r)
+
+
+def test_f1_em_on_chinese_through_byte_tokenizer() -> None:
+    tok = build_tiny_tokenizer()
+    target = encode_answer(tok, "巴黎", "zh")  # 6 byte tokens: 巴 = E5 B7 B4, 黎 = E9 BB 8E
+    pred = encode_answer(tok, "巴西", "zh")  # 西 = E8 A5 BF: the three bytes of 巴 overlap
+    assert len(target) == len(pred) == 6
+    f1, em = f1_em(TokenPrediction(pred, target), tok)
+    assert f1 == pytest.approx(0.5)  # P = R = 3/6
+    assert em == 0.0
+    assert f1_em(TokenPrediction(target, target), tok) == (1.0, 1.0)
+
+
+def test_em_ignores_surrounding_whitespace() -> None:
+    tok = build_tiny_tokenizer()
+    pred = tok(" Paris ", add_special_tokens=False)["input_ids"]
+    target = tok("Paris", add_special_tokens=False)["input_ids"]
+    f1, em = f1_em(TokenPrediction(pred, target), tok)
+    assert em == 1.0
+    assert f1 == pytest.approx(2 * (5 / 7) * 1 / (5 / 7 + 1))  # the spaces are tokens: P = 5/7, R = 1
+
+
+def test_aggregate_is_percent() -> None:
+    assert aggregate([1.0, 0.0, 0.5]) == pytest.approx(50.0)
+    assert aggregate([]) is None
+
+
+# --------------------------------------------------------------------------- teacher forcing
+
+
+def _manual_predictions(model: torch.nn.Module, tok, cases) -> list[list[int]]:
+    """One sequence at a time, no padding, no mask: the reference the batched version must equal."""
+    out = []
+    with torch.no_grad():
+        for prompt, target, lang in cases:
+            pair = encode_prompt_answer(tok, prompt, target, lang)
+            logits = model(input_ids=torch.tensor([pair.input_ids])).logits[0]  # [s, vocab]
+            out.append(logits.argmax(-1)[pair.answer_start - 1 : len(pair.input_ids) - 1].tolist())
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "bloom", "gpt2"])
+def test_teacher_forced_matches_unbatched_argmax(family: str) -> None:
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(family)
+    expected = _manual_predictions(model, tok, CASES)
+    for batch_size in (1, 3, 8):
+        preds = teacher_forced(hf_logits(model), tok, CASES, batch_size=batch_size)
+        assert [p.pred_ids for p in preds] == expected, f"batch_size={batch_size}"
+        for p, (_, target, lang) in zip(preds, CASES, strict=True):
+            assert p.target_ids == encode_answer(tok, target, lang)
+            assert len(p.pred_ids) == len(p.target_ids)
+
+
+def test_teacher_forced_right_pads_and_aligns_answer_positions() -> None:
+    """An 'echo' model (predicts its own input token) exposes the alignment: pred[k] = input[start-1+k]."""
+    tok = build_tiny_tokenizer()
+    seen_masks = []
+
+    def echo(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seen_masks.append(mask.clone())
+        logits = torch.nn.functional.one_hot(ids, num_classes=len(tok)).float()
+        return logits.masked_fill(mask[..., None] == 0, 0.0)
+
+    preds = teacher_forced(echo, tok, CASES, batch_size=8)
+    assert len(seen_masks) == 1
+    for row in seen_masks[0]:  # right padding: ones then zeros
+        n = int(row.sum())
+        assert row[:n].eq(1).all() and row[n:].eq(0).all()
+    assert seen_masks[0].sum(1).unique().numel() > 1  # the batch really mixed lengths
+    for p, (prompt, _, _) in zip(preds, CASES, strict=True):
+        last_prompt_id = encode_prompt(tok, prompt)[-1]
+        assert p.pred_ids == [last_prompt_id, *p.target_ids[:-1]]
+
+
+def test_teacher_forced_rejects_empty_prompt() -> None:
+    with pytest.raises(ValueError, match="no tokens"):
+        teacher_forced(lambda i, m: torch.zeros(*i.shape, 258), build_tiny_tokenizer(), [("", "x", "en")])
+
+
+# --------------------------------------------------------------------------- locality
+
+
+def test_locality_against_pre_edit_predictions() -> None:
+    tok = build_tiny_tokenizer()
+    loc_cases = [("The Nile flows through", "Egypt", "en"), ("水的化学式是", "H2O", "zh")]
+    pre = teacher_forced(hf_logits(build_tiny_model("qwen2", seed=0)), tok, loc_cases)
+    same = teacher_forced(hf_logits(build_tiny_model("qwen2", seed=0)), tok, loc_cases)
+    changed = teacher_forced(hf_logits(build_tiny_model("qwen2", seed=1)), tok, loc_cases)
+    for p, s, c in zip(pre, same, changed, strict=True):
+        assert locality_scores(p, s, tok) == (1.0, 1.0)  # an untouched model keeps locality at 100
+        f1, em = locality_scores(p, c, tok)
+        # the reference is the pre-edit prediction, not the gold loc_ans
+        assert f1 == pytest.approx(token_f1(c.pred_ids, p.pred_ids))
+        assert em == float(c.pred_ids == p.pred_ids)
+
+
+def test_locality_hand_case() -> None:
+    target = [10, 11, 12]
+    pre, post = TokenPrediction([3, 4, 5], target), TokenPrediction([3, 4, 6], target)
+    assert locality_scores(pre, post) == (pytest.approx(2 / 3), 0.0)
+    # gold-answer F1 of the post-edit prediction would be 0: locality ignores the gold answer
+    assert token_f1(post.pred_ids, target) == 0.0
+    with pytest.raises(ValueError, match="same case"):
+        locality_scores(pre, TokenPrediction([3, 4, 5], [10, 11]))
+
+
+# --------------------------------------------------------------------------- generation-based
+
+
+def test_normalize_answer() -> None:
+    # en: case, punctuation and spaces go; articles stay (language-blind removal would eat real words)
+    assert normalize_answer("  The Eiffel-Tower!!  ") == "the eiffeltower"
+    assert normalize_answer("U.S.  Army\n") == "us army"
+    # zh: CJK punctuation, full-width forms (NFKC)
+    assert normalize_answer("「巴黎」。") == "巴黎"
+    assert normalize_answer("ＡＢＣ，北京！") == "abc北京"
+    # fr: accents kept (composed by NFKC), elision apostrophe and hyphens removed, "le" kept
+    assert normalize_answer("L'Île-de-France.") == "lîledefrance"
+    assert normalize_answer("Cafe\u0301") == normalize_answer("Café") == "café"
+    assert normalize_answer("Le Havre") == "le havre"
+    assert normalize_answer("Straße") == "strasse"  # casefold, not lower
+
+
+def test_gen_exact_match_and_contains() -> None:
+    assert gen_exact_match(" Paris.\nThe capital of Italy is", "Paris") == 1.0
+    assert gen_exact_match("\nParis", "Paris") == 1.0  # leading newline dropped before the cut
+    assert gen_exact_match("Paris is lovely", "Paris") == 0.0
+    assert gen_contains("Paris is lovely", "paris") == 1.0
+    assert gen_contains("London\nParis", "Paris") == 0.0  # only the first line counts
+    assert gen_exact_match("巴黎。\n北京", "巴黎") == 1.0
+    assert gen_contains("首都是巴黎。", "巴黎") == 1.0
+    assert gen_contains("La ville de Paris", "paris!") == 1.0
+    assert gen_contains("anything", "...") == 0.0  # empty normalised target matches only an empty answer
+
+
+def test_gen_locality_compares_with_pre_edit_generation() -> None:
+    # (pre-edit generation, post-edit generation)
+    assert gen_locality_scores(" Egypt and Sudan\nfoo", "Egypt and Sudan.") == (1.0, 1.0)
+    assert gen_locality_scores("Egypt and Sudan", "Egypt") == (0.0, 0.0)
+    assert gen_locality_scores("Egypt", "Egypt and Sudan") == (0.0, 1.0)
+
+
+def test_max_new_tokens_for() -> None:
+    tok = build_tiny_tokenizer()
+    assert max_new_tokens_for(tok, "Paris", "en") == 6 + 4  # " Paris" is 6 bytes
+    assert max_new_tokens_for(tok, "巴黎", "zh", extra_tokens=0) == 6  # no separator in zh
+
+
+def test_generate_answers_left_pads_cuts_at_budget_and_eos() -> None:
+    tok = build_tiny_tokenizer()
+    eos = tok.eos_token_id
+    canned = {"Q one?": " Paris\nmore", "A longer second question?": "巴黎", "Q3": " Rome"}
+    calls = []
+
+    def fake_generate(ids: torch.Tensor, mask: torch.Tensor, max_new: int) -> torch.Tensor:
+        calls.append(max_new)
+        rows = []
+        for row_ids, row_mask in zip(ids, mask, strict=True):
+            n = int(row_mask.sum())
+            assert row_mask[-n:].eq(1).all() and row_mask[:-n].eq(0).all()  # left padding
+            prompt = tok.decode(row_ids[-n:].tolist())
+            new = tok(canned[prompt], add_special_tokens=False)["input_ids"] + [eos, 65, 66]
+            new = (new + [eos] * max_new)[:max_new]
+            rows.append(new)
+        return torch.tensor(rows)
+
+    prompts = list(canned)
+    budgets = [3, 20, 20]
+    for batch_size in (1, 8):
+        out = generate_answers(fake_generate, tok, prompts, budgets, batch_size=batch_size)
+        assert out == [" Pa", "巴黎", " Rome"]  # own budget; cut at EOS (tokens after it dropped)
+    assert calls[-1] == 20  # one batch generated with its largest budget
+
+
+def test_generate_answers_with_a_real_generate_loop() -> None:
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("gpt2")
+
+    generated: dict[str, list[int]] = {}
+
+    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int) -> torch.Tensor:
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=0
+        )
+        new = out[:, ids.shape[1] :]
+        for row_ids, row_mask, row_new in zip(ids, mask, new, strict=True):
+            generated[tok.decode(row_ids[row_mask.bool()].tolist())] = row_new.tolist()
+        return new
+
+    prompts = ["The capital of France is", "法国的首都是"]
+    budgets = [max_new_tokens_for(tok, "Paris", "en"), max_new_tokens_for(tok, "巴黎", "zh", extra_tokens=0)]
+    out = generate_answers(greedy, tok, prompts, budgets, batch_size=2)
+    for text, prompt, budget in zip(out, prompts, budgets, strict=True):
+        new = generated[prompt][:budget]
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert text == tok.decode(new, skip_special_tokens=True)
