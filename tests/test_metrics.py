@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model, build_tiny_tokenizer
 
+from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.eval.metrics import (
     TokenPrediction,
     aggregate,

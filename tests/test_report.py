@@ -103,7 +103,7 @@ def test_summary_json_shape_is_exact(tmp_path: Path) -> None:
 
 
 def test_summarize_rejects_percent_in_rows_and_unknown_metrics() -> None:
-    with pytest.raises(ValueError, match="outside 0..1"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
         summarize([{"record_id": "x", "scores": {"en": {"reliability": {"f1": 75}}}}], "m", "m", "s", ["en"], 1)
     with pytest.raises(ValueError, match="unknown metric"):
         summarize([{"record_id": "x", "scores": {"en": {"fluency": {"f1": 1}}}}], "m", "m", "s", ["en"], 1)
@@ -172,11 +172,11 @@ def test_merge_reports(tmp_path: Path) -> None:
 
 def test_merge_reports_errors_name_the_dir(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataFormatError, match="empty.*no summary.json"):
+    with pytest.raises(DataFormatError, match=r"empty.*no summary\.json"):
         merge_reports([tmp_path / "empty"])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "summary.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(DataFormatError, match="bad.*not valid JSON"):
+    with pytest.raises(DataFormatError, match=r"bad.*not valid JSON"):
         merge_reports([tmp_path / "bad"])
     broken = _summary()
     del broken["scores"]["zh"]["locality"]

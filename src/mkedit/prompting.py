@@ -40,9 +40,7 @@ def encode_answer(tokenizer: PreTrainedTokenizerBase, answer: str, lang: str) ->
     return ids
 
 
-def encode_prompt_answer(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, lang: str
-) -> EncodedPair:
+def encode_prompt_answer(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, lang: str) -> EncodedPair:
     """Ids of the prompt followed by the answer."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     return EncodedPair(prompt_ids + encode_answer(tokenizer, answer, lang), len(prompt_ids))

@@ -146,6 +146,9 @@ def normalize_langs(langs: Sequence[str] | None) -> list[str] | None:
     return codes
 
 
+ID_KEY = "id"  # optional record id in the project's own edit files; it becomes the edit id
+
+
 def parse_record(
     raw: Any,
     *,
@@ -165,7 +168,11 @@ def parse_record(
     if not isinstance(raw, Mapping):
         raise where.error(f"must be an object keyed by language code, got {type(raw).__name__}")
     wanted = normalize_langs(langs)
-    parts = _normalized_parts(raw, where, set(wanted) if wanted is not None else None)
+    own_id = raw.get(ID_KEY)
+    if own_id is not None and (not isinstance(own_id, str) or not own_id.strip()):
+        raise where.error(f"field {ID_KEY!r} must be a non-empty string, got {own_id!r}")
+    languages = {key: part for key, part in raw.items() if key != ID_KEY}
+    parts = _normalized_parts(languages, where, set(wanted) if wanted is not None else None)
     if wanted is not None:
         missing = [code for code in wanted if code not in parts]
         if missing:
@@ -179,5 +186,5 @@ def parse_record(
         request, cases = _parse_part(part, code, where)
         requests.append(request)
         tests[code] = cases
-    rid = record_id if record_id is not None else f"{source}:{index}"
+    rid = own_id or record_id or f"{source}:{index}"
     return BenchmarkRecord(rid, EditGroup(tuple(requests), rid), tests)

@@ -321,6 +321,7 @@ def write_heatmap(summaries: Sequence[Summary], path: str | os.PathLike[str]) ->
     ax.set_xticks(range(n_cols), [*langs, "mean"])
     ax.set_yticks(range(n_rows), _row_labels(summaries))
     ax.tick_params(length=0)
+    ax.set_xlabel("average EM (%) of Reliability, Generality, Locality and Portability", fontsize=8)
     ax.xaxis.tick_top()
     for r, row in enumerate(grid):
         for c, value in enumerate(row):

@@ -17,9 +17,19 @@ import torch
 
 from mkedit.errors import CacheError
 
-# Keys that differ between loading routes (GGUF, safetensors, hub) or library versions for one model.
+# Keys that differ between loading routes (GGUF, safetensors, hub, from_config) or library versions for
+# one model. ``architectures`` is among them (None after GGUF loading or ``from_config``, filled in by
+# ``save_pretrained``); the model's class name is hashed instead.
 VOLATILE_CONFIG_KEYS = frozenset(
-    {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "quantization_config", "_commit_hash"}
+    {
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "quantization_config",
+        "_commit_hash",
+        "architectures",
+    }
 )
 EMBEDDING_ROWS = 64
 ELEMENTS_PER_PARAMETER = 4096
@@ -56,19 +66,16 @@ class ModelFingerprint:
 def _clean(value: Any) -> Any:
     """Drop volatile and private keys at every level of a config dict."""
     if isinstance(value, dict):
-        return {
-            k: _clean(v)
-            for k, v in value.items()
-            if k not in VOLATILE_CONFIG_KEYS and not str(k).startswith("_")
-        }
+        return {k: _clean(v) for k, v in value.items() if k not in VOLATILE_CONFIG_KEYS and not str(k).startswith("_")}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
 
 
-def config_hash(config: Any) -> str:
-    """sha256 of the config's JSON with sorted keys, volatile keys removed."""
-    text = json.dumps(_clean(config.to_dict()), sort_keys=True, default=str, separators=(",", ":"))
+def config_hash(config: Any, model_class: str | None = None) -> str:
+    """sha256 of the config's JSON with sorted keys, volatile keys removed, plus the model class name."""
+    payload = {"config": _clean(config.to_dict()), "model_class": model_class}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -98,5 +105,9 @@ def weights_hash(model: torch.nn.Module) -> str:
 def model_fingerprint(model: torch.nn.Module, name: str) -> ModelFingerprint:
     """The fingerprint of ``model``; ``name`` is stored for messages only."""
     config = getattr(model, "config", None)
-    chash = config_hash(config) if config is not None else hashlib.sha256(b"no-config").hexdigest()
+    model_class = type(model).__name__
+    if config is not None:
+        chash = config_hash(config, model_class)
+    else:
+        chash = hashlib.sha256(f"no-config:{model_class}".encode()).hexdigest()
     return ModelFingerprint(name=name, config_hash=chash, weights_hash=weights_hash(model))

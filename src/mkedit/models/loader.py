@@ -10,6 +10,7 @@ leaves a half folder that a later call would load.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -46,7 +47,10 @@ class LoadedModel:
 
 
 def cache_root() -> Path:
-    """Where mkedit keeps converted models: ``$MKEDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/mkedit``, else ``~/.cache/mkedit``."""
+    """Where mkedit keeps converted models (several GB, so it honours the usual cache variables).
+
+    ``$MKEDIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/mkedit``, else ``~/.cache/mkedit``.
+    """
     if env := os.environ.get("MKEDIT_CACHE_DIR"):
         return Path(env).expanduser()
     if xdg := os.environ.get("XDG_CACHE_HOME"):
@@ -59,11 +63,20 @@ def converted_dir(short_name: str) -> Path:
     return cache_root() / "models" / short_name
 
 
-def _mkedit_version() -> str:
+def _version(distribution: str) -> str:
     try:
-        return metadata.version("mkedit")
+        return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _check_gguf_support() -> None:
+    """transformers reads GGUF only with ``gguf`` and ``accelerate`` installed; say so before any work."""
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelNotAvailableError(
+            f"loading a GGUF file needs the packages {', '.join(missing)}: pip install {' '.join(missing)}"
+        )
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -136,9 +149,7 @@ def _dequantised_copy(model: PreTrainedModel) -> PreTrainedModel:
         del config.quantization_config
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    result = fresh.load_state_dict(model.state_dict(), strict=True, assign=True)
-    if result.missing_keys or result.unexpected_keys:  # strict=True raises first; kept for clarity
-        raise RuntimeError(f"state dict mismatch: {result}")
+    fresh.load_state_dict(model.state_dict(), strict=True, assign=True)  # meta tensors take the real ones
     fresh.tie_weights()
     fresh.generation_config = model.generation_config
     leftover = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
@@ -162,6 +173,7 @@ def convert_gguf(
     gguf_path: Path, target: Path, *, source_sha256: str, label: str, progress: Progress | None = None
 ) -> Path:
     """Dequantise ``gguf_path`` and save it as a safetensors folder at ``target``, atomically."""
+    _check_gguf_support()
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".work", dir=target.parent))
     try:
@@ -181,8 +193,8 @@ def convert_gguf(
         marker = {
             "source": gguf_path.name,
             "source_sha256": source_sha256,
-            "mkedit_version": _mkedit_version(),
-            "transformers_version": _dist_version("transformers"),
+            "mkedit_version": _version("mkedit"),
+            "transformers_version": _version("transformers"),
             "torch_version": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -191,18 +203,15 @@ def convert_gguf(
             return target
         if target.exists():  # a folder without a valid marker: never loaded, safe to replace
             shutil.rmtree(target)
-        os.replace(out, target)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not is_converted(target, source_sha256):  # lost a race only if the winner is complete
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("%s: converted in %.1f s", label, time.perf_counter() - t0)
     return target
-
-
-def _dist_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _remove_stale_work_dirs(parent: Path) -> None:
@@ -226,6 +235,7 @@ def ensure_converted(short_name: str, *, progress: Progress | None = None) -> Pa
     if is_converted(target, entry.sha256):
         return target
     parts = locate_parts(entry)  # fails fast, naming the pip line, before any work
+    _check_gguf_support()
     models_dir = target.parent
     models_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_work_dirs(models_dir)

