@@ -47,11 +47,14 @@ def sequences_for_request(
     prefixes: Sequence[str],
     include_bare: bool,
     context: str,
+    stop_token_id: int | None = None,
 ) -> tuple[list[TrainSequence], SubjectSpan]:
-    """Target sequences (prefix + question + answer) and the KL prompt of one language."""
+    """Target sequences (prefix + question + answer [+ stop token]) and the KL prompt of one language."""
     lang = get_language(request.lang)
     span = locate_subject(request.question, request.subject, context=context)
     answer_ids = encode_answer(tokenizer, request.answer, request.lang)
+    if stop_token_id is not None:
+        answer_ids = [*answer_ids, stop_token_id]
     heads = ([""] if include_bare else []) + [p + lang.sentence_sep for p in prefixes]
     sequences = []
     for head in heads:

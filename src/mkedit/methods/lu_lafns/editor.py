@@ -55,6 +55,18 @@ class LuLafnEditor:
             raise ValueError("the tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token)")
         for param in model.parameters():
             param.requires_grad_(False)
+        self._prefixes: dict[str, list[str]] = {}
+
+    def prefixes(self, lang: str) -> list[str]:
+        """The random prefixes of ``lang``: they depend on the model, language and seed only, so they
+        are sampled once per editor and shared by every edit (as MEMIT shares its context templates)."""
+        if lang not in self._prefixes:
+            cfg = self.config
+            seed = cfg.seed + sum(map(ord, lang))
+            self._prefixes[lang] = sample_prefixes(
+                self.model, self.tokenizer, lang, cfg.num_prefixes, cfg.prefix_length, seed
+            )
+        return self._prefixes[lang]
 
     def new_cache(self) -> EditCache:
         """An empty cache bound to this model and configuration."""
@@ -79,18 +91,11 @@ class LuLafnEditor:
         """All sequences of the objective, and per language the subject forms found in the question."""
         sequences: list[TrainSequence] = []
         subjects: dict[str, list[str]] = {}
-        for i, req in enumerate(group.requests):
-            prefixes = sample_prefixes(
-                self.model,
-                self.tokenizer,
-                req.lang,
-                self.config.num_prefixes,
-                self.config.prefix_length,
-                self.config.seed + i,
-            )
+        stop = self.tokenizer.eos_token_id if self.config.train_stop_token else None
+        for req in group.requests:
             context = f"edit {group.group_id or '?'}, language {req.lang}"
             seqs, span = sequences_for_request(
-                self.tokenizer, req, prefixes, self.config.include_bare_question, context
+                self.tokenizer, req, self.prefixes(req.lang), self.config.include_bare_question, context, stop
             )
             sequences += seqs
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))

