@@ -63,6 +63,8 @@ class EditGroup:
 class TestCase:
     """A benchmark input with its expected answer (Reliability, Generality, Locality, Portability)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     prompt: str
     target: str
 

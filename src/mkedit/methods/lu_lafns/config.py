@@ -41,12 +41,12 @@ class LuLafnConfig:
     include_bare_question: bool = True
     """Also train on the question without a prefix (as MEMIT's context templates do)."""
     train_stop_token: bool = True
-    """Also train the end-of-sequence token after the answer. Not in the paper (whose metrics are
-    teacher-forced on the answer tokens alone); without it, a generating model tends to repeat the
-    new answer ("Rome Rome Rome"). Set False to reproduce the paper's objective exactly."""
+    """Also train a line break after the answer. Not in the paper (whose metrics are teacher-forced on
+    the answer tokens alone); without it, a generating model tends to repeat the new answer
+    ("Rome Rome Rome"). Set False to reproduce the paper's objective exactly."""
     learning_rate: float = 0.5
     max_steps: int = 40
-    early_stop_nll: float = 0.05
+    early_stop_nll: float = 0.1
     """Stop once the mean answer NLL (Eq. 8) is below this."""
     max_delta_norm_ratio: float = 4.0
     """Bound ``||ΔV_layer|| <= ratio * ||V_layer||`` at the subject token (base values on the LAFNs)."""

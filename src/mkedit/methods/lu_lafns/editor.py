@@ -27,6 +27,14 @@ METHOD_NAME = "lu-lafns"
 StepCallback = Callable[[int, float], None]
 
 
+def line_break_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token of a bare line break: what ends a short answer in raw text."""
+    ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"this tokenizer has no single line-break token (got {ids}); set train_stop_token=False")
+    return ids[0]
+
+
 def edit_id_for(group: EditGroup) -> str:
     """The group's own id, else a short hash of its subjects and answers (stable across runs)."""
     if group.group_id:
@@ -91,7 +99,7 @@ class LuLafnEditor:
         """All sequences of the objective, and per language the subject forms found in the question."""
         sequences: list[TrainSequence] = []
         subjects: dict[str, list[str]] = {}
-        stop = self.tokenizer.eos_token_id if self.config.train_stop_token else None
+        stop = line_break_id(self.tokenizer) if self.config.train_stop_token else None
         for req in group.requests:
             context = f"edit {group.group_id or '?'}, language {req.lang}"
             seqs, span = sequences_for_request(
