@@ -132,7 +132,7 @@ def main() -> None:
             f"{r['peak_rss_gib']:.2f}",
             f"{r['cache_bytes_per_edit'] / 1024:.1f}",
         )
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     if len(results) == 2:
         off, on = results["switches off"]["total"], results["switches on"]["total"]

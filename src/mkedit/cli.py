@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mkedit.cli_data import data_app
+from mkedit.cli_eval import eval_command
 from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
@@ -26,6 +27,7 @@ from mkedit.runtime.edited_model import EditedModel
 app = typer.Typer(help="Multilingual knowledge editing with language-agnostic factual neurons (LU-LAFNs).")
 app.add_typer(data_app, name="data")
 app.command("report")(report_command)
+app.command("eval")(eval_command)
 console = Console()
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Packaged short name, HF id, local folder or .gguf")]

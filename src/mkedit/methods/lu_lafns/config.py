@@ -109,7 +109,7 @@ PRESETS: dict[str, Preset] = {
         Preset("llama-3.1-8b", LuLafnConfig(layers=(11, 12, 13, 31), beta=0.1), ("llama-3.1-8b",), "paper"),
         Preset("qwen2-7b", LuLafnConfig(layers=(19, 20, 21, 27), beta=0.0), ("qwen2-7b",), "paper"),
         Preset("bloomz-7b1-mt", LuLafnConfig(layers=(9, 10, 11, 29), beta=0.2), ("bloomz-7b1",), "paper"),
-        Preset("qwen2.5-0.5b", LuLafnConfig(layers=(16, 17, 18, 23), beta=0.0), ("qwen2.5-0.5b",), "measured"),
+        Preset("qwen2.5-0.5b", LuLafnConfig(layers=(16, 17, 18, 23), beta=0.0), ("qwen2.5-0.5b",), "scaled + checked"),
         Preset("qwen2.5-1.5b", LuLafnConfig(layers=(18, 19, 20, 27), beta=0.0), ("qwen2.5-1.5b",), "scaled"),
         Preset("smollm2-135m", LuLafnConfig(layers=(18, 19, 20, 29), beta=0.0), ("smollm2-135m",), "scaled"),
         Preset("gemma3-270m", LuLafnConfig(layers=(11, 12, 13, 17), beta=0.0), ("gemma3-270m",), "scaled"),

@@ -1,0 +1,642 @@
+"""Evaluate an editing method on a benchmark with the paper's protocol, resumably.
+
+Protocol (the paper's, Sec. 4): each record is edited and then tested against the untouched base model
+with *only its own edit* in force; locality compares post-edit predictions with the pre-edit predictions
+of the same untouched model. ``sequential`` instead keeps every edit in the cache as the run goes (what
+a real user does) and reports how the scores move as the cache grows.
+
+Settings (which languages are edited, which are tested):
+
+* ``multilingual``: the group's languages are edited together, every language is tested (Table 2);
+* ``monolingual``: for each language L, L alone is edited and L is tested (one edit per language);
+* ``cross-lingual``: one ``edit_lang`` is edited, every test language is tested (Tables 3 and 7).
+
+Files in the output directory:
+
+* ``run.json``: what this run is (config, model, data, languages, method hyperparameters), written at
+  the start; a later run in the same directory must match it, or it is refused;
+* ``records.jsonl``: one row per record, appended and fsync-ed as soon as the record is done, so an
+  interrupted run resumes where it stopped (a truncated last line is dropped);
+* ``cache/``: the growing edit cache, in sequential mode only (needed to resume such a run);
+* ``summary.json``, ``summary.md`` and, for three or more test languages, ``heatmap.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol, get_args
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from mkedit.data.records import LOCALITY, normalize_langs
+from mkedit.errors import DataFormatError, MkeditError
+from mkedit.eval.metrics import (
+    TokenPrediction,
+    f1_em,
+    gen_contains,
+    gen_exact_match,
+    gen_locality_scores,
+    generate_answers,
+    locality_scores,
+    max_new_tokens_for,
+    teacher_forced,
+)
+from mkedit.eval.report import (
+    HEATMAP_MIN_LANGS,
+    METRICS,
+    Summary,
+    summarize,
+    summary_markdown,
+    write_heatmap,
+    write_json_atomic,
+)
+from mkedit.runtime.cache import INDEX_FILE, CachedEdit, EditCache
+from mkedit.runtime.edited_model import EditedModel
+from mkedit.types import BenchmarkRecord, EditGroup
+
+log = logging.getLogger(__name__)
+
+Setting = Literal["multilingual", "monolingual", "cross-lingual"]
+SETTINGS: tuple[str, ...] = get_args(Setting)
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+HEATMAP_PNG = "heatmap.png"
+CACHE_DIR = "cache"
+RUN_FORMAT = 1
+
+# run.json keys that must be equal for a run to resume in the same directory. Window (limit/offset) and
+# batch size may change: record ids are stable across windows, and batching does not change predictions.
+IDENTITY_KEYS: tuple[str, ...] = (
+    "method",
+    "model",
+    "model_fingerprint",
+    "data",
+    "langs",
+    "setting",
+    "edit_langs",
+    "test_langs",
+    "sequential",
+    "generation",
+    "gen_extra_tokens",
+    "method_config",
+)
+
+ProgressFn = Callable[[int, int, str], None]
+"""``(records done in this call, records to do in this call, last record id)``; first called with 0."""
+
+
+class EvalConfigError(MkeditError, ValueError):
+    """An evaluation setting that cannot be run (unknown setting, languages that do not fit)."""
+
+
+class RunMismatchError(MkeditError, ValueError):
+    """The output directory holds a different run, so resuming into it would mix results."""
+
+
+class EvalEditor(Protocol):
+    """What the runner needs from a method: edits, and an empty cache bound to the same model.
+
+    :class:`mkedit.methods.base.Editor` has only ``edit``; ``new_cache`` is needed as well, because the
+    runtime applies edits through an :class:`EditCache` whose site and fingerprint the method decides.
+    """
+
+    def edit(self, group: EditGroup) -> CachedEdit: ...
+
+    def new_cache(self) -> EditCache: ...
+
+
+def _langs_tuple(langs: Sequence[str] | str | None, what: str) -> tuple[str, ...] | None:
+    if langs is None:
+        return None
+    if isinstance(langs, str):
+        langs = [x.strip() for x in langs.split(",") if x.strip()]
+    try:
+        codes = normalize_langs(list(langs))
+    except ValueError as exc:
+        if isinstance(exc, MkeditError):
+            raise
+        raise EvalConfigError(f"{what}: {exc}") from exc
+    return tuple(codes or ())
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation run. ``langs`` is the set of languages loaded (None: the first record's)."""
+
+    method: str = "lu-lafns"
+    model: str = ""
+    data: str = ""
+    langs: tuple[str, ...] | None = None
+    limit: int | None = None
+    offset: int = 0
+    setting: Setting = "multilingual"
+    edit_langs: tuple[str, ...] | None = None
+    """monolingual: the languages edited (and tested) one at a time (default: ``langs``);
+    cross-lingual: the one edited language (default: the first of ``langs``)."""
+    test_langs: tuple[str, ...] | None = None
+    """cross-lingual only: the languages tested (default: ``langs``)."""
+    sequential: bool = False
+    generation: bool = True
+    batch_size: int = 8
+    curve_every: int = 10
+    """Sequential mode: a point of ``sequential_curve`` every this many evaluated records."""
+    gen_extra_tokens: int = 4
+    """Generation budget beyond the answer's own token count."""
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise EvalConfigError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
+        for name in ("langs", "edit_langs", "test_langs"):
+            object.__setattr__(self, name, _langs_tuple(getattr(self, name), name))
+        if self.batch_size < 1 or self.curve_every < 1 or self.gen_extra_tokens < 0:
+            raise EvalConfigError("batch_size >= 1, curve_every >= 1 and gen_extra_tokens >= 0 are required")
+        if self.offset < 0 or (self.limit is not None and self.limit < 0):
+            raise EvalConfigError("offset and limit must be >= 0")
+        if self.setting == "multilingual" and (self.edit_langs or self.test_langs):
+            raise EvalConfigError(
+                "the multilingual setting edits and tests every language of --langs; "
+                "edit_langs/test_langs are for the monolingual and cross-lingual settings"
+            )
+        if self.setting == "monolingual" and self.test_langs and self.test_langs != self.edit_langs:
+            raise EvalConfigError("the monolingual setting tests the edited language itself; leave test_langs unset")
+        if self.setting == "cross-lingual" and self.edit_langs is not None and len(self.edit_langs) != 1:
+            raise EvalConfigError(f"the cross-lingual setting edits exactly one language, got {list(self.edit_langs)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What one record goes through: ``units`` = (edited languages, tested languages) per edit."""
+
+    langs: tuple[str, ...]
+    units: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+
+    @property
+    def edit_langs(self) -> list[str]:
+        return list(dict.fromkeys(lang for edited, _ in self.units for lang in edited))
+
+    @property
+    def test_langs(self) -> list[str]:
+        return list(dict.fromkeys(lang for _, tested in self.units for lang in tested))
+
+
+def plan_for(config: EvalConfig, records: Sequence[BenchmarkRecord]) -> EvalPlan:
+    """Resolve the setting into per-record edits, and check every record has the languages it needs."""
+    langs = config.langs or (tuple(records[0].group.langs) if records else ())
+    if not langs:
+        raise EvalConfigError("no languages: give langs or at least one record")
+    if config.setting == "multilingual":
+        units = ((langs, langs),)
+    elif config.setting == "monolingual":
+        units = tuple(((lang,), (lang,)) for lang in config.edit_langs or langs)
+    else:
+        edit = config.edit_langs or langs[:1]
+        units = ((edit, config.test_langs or langs),)
+    plan = EvalPlan(langs, units)
+    outside = [lang for lang in plan.edit_langs + plan.test_langs if lang not in langs]
+    if outside:
+        raise EvalConfigError(f"languages {sorted(set(outside))} are not among the loaded languages {list(langs)}")
+    for record in records:
+        missing = [lang for lang in plan.edit_langs if lang not in record.group.langs]
+        missing += [lang for lang in plan.test_langs if lang not in record.tests and lang not in missing]
+        if missing:
+            raise DataFormatError(f"record {record.record_id} has no language {missing} (has {record.group.langs})")
+    return plan
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def _run_info(config: EvalConfig, model_name: str, plan: EvalPlan, cache: EditCache) -> dict[str, Any]:
+    fingerprint = cache.fingerprint
+    return {
+        "format": RUN_FORMAT,
+        "method": config.method,
+        "model": model_name,
+        "model_fingerprint": {"config_hash": fingerprint.config_hash, "weights_hash": fingerprint.weights_hash},
+        "data": str(Path(config.data).resolve()) if config.data else "",
+        "langs": list(plan.langs),
+        "setting": config.setting,
+        "edit_langs": plan.edit_langs,
+        "test_langs": plan.test_langs,
+        "sequential": config.sequential,
+        "generation": config.generation,
+        "gen_extra_tokens": config.gen_extra_tokens,
+        "method_config": cache.method_config,
+        # informative only (may change between resumed calls):
+        "config": config.to_dict(),
+    }
+
+
+def _check_or_write_run_file(out_dir: Path, info: dict[str, Any]) -> bool:
+    """Write ``run.json`` for a new run; for an existing one, refuse any difference. True if resuming."""
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        if (out_dir / RECORDS_FILE).is_file():
+            raise RunMismatchError(f"{out_dir} holds {RECORDS_FILE} but no {RUN_FILE}; use an empty --out directory")
+        write_json_atomic(path, {**info, "created": _now()})
+        return False
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunMismatchError(f"{path} is unreadable ({exc}); use another --out directory") from exc
+    # Round-trip through JSON so tuples and lists compare equal.
+    current = json.loads(json.dumps(info))
+    diffs = [
+        f"{key}: {stored.get(key)!r} there, {current.get(key)!r} now"
+        for key in IDENTITY_KEYS
+        if stored.get(key) != current.get(key)
+    ]
+    if diffs:
+        raise RunMismatchError(
+            f"{out_dir} holds results of a different run, refusing to resume into it ({'; '.join(diffs)}). "
+            "Use another --out directory, or delete this one to start over."
+        )
+    write_json_atomic(path, {**info, "created": stored.get("created"), "resumed": _now()})
+    return True
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _parse_row(line: bytes) -> dict[str, Any]:
+    row = json.loads(line.decode("utf-8"))
+    if not isinstance(row, dict) or not isinstance(row.get("record_id"), str):
+        raise ValueError("not an object with a record_id")
+    return row
+
+
+def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
+    """The rows of ``records.jsonl`` in file order.
+
+    A last line that does not parse is what an interrupted append leaves: it is dropped, and with
+    ``repair`` cut off the file so the next append starts on a fresh line. A bad line elsewhere means
+    the file was damaged otherwise, and is an error rather than silently lost results.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    segments = data.split(b"\n")
+    filled = [i for i, seg in enumerate(segments) if seg.strip()]
+    last = filled[-1] if filled else -1
+    rows: list[dict[str, Any]] = []
+    offset = keep_end = 0
+    for i, seg in enumerate(segments):
+        end = offset + len(seg) + (1 if i < len(segments) - 1 else 0)
+        if seg.strip():
+            try:
+                rows.append(_parse_row(seg))
+            except (UnicodeDecodeError, ValueError) as exc:
+                if i != last:
+                    message = f"{path}: line {i + 1} is not a record row ({exc}); fix or delete it"
+                    raise DataFormatError(message) from exc
+                log.warning("%s: dropping a truncated last line (%d bytes)", path, len(seg))
+                break
+        keep_end = offset = end
+    if repair and (keep_end < len(data) or not data.endswith(b"\n")) and data:
+        with open(path, "r+b") as fh:
+            fh.truncate(keep_end)
+            if keep_end and not data[:keep_end].endswith(b"\n"):
+                fh.seek(keep_end)
+                fh.write(b"\n")  # a complete last row whose newline was not written yet
+            fh.flush()
+            os.fsync(fh.fileno())
+    return rows
+
+
+def _append_row(fh: Any, row: Mapping[str, Any]) -> None:
+    fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class _Scorer:
+    """Teacher-forced and generation-based scores of one model view (plain or edited) on test cases."""
+
+    def __init__(
+        self, view: nn.Module | EditedModel, tokenizer: PreTrainedTokenizerBase, config: EvalConfig, device: Any
+    ) -> None:
+        self.view = view
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.view, EditedModel):
+            return self.view(ids, mask).logits
+        return self.view(input_ids=ids, attention_mask=mask).logits
+
+    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.pad_id}
+        if isinstance(self.view, EditedModel):
+            out = self.view.generate(ids, mask, **kwargs)
+        else:
+            out = self.view.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return out[:, ids.shape[1] :]
+
+    def predict(self, cases: Sequence[tuple[str, str, str]]) -> list[TokenPrediction]:
+        return teacher_forced(self._logits, self.tokenizer, cases, self.config.batch_size, self.device)
+
+    def generate(self, cases: Sequence[tuple[str, str, str]]) -> list[str]:
+        budgets = [max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases]
+        return generate_answers(
+            self._generate, self.tokenizer, [p for p, _, _ in cases], budgets, self.config.batch_size, self.device
+        )
+
+
+def _cases(record: BenchmarkRecord, langs: Iterable[str], metrics: Iterable[str]) -> list[tuple[str, str]]:
+    """(lang, metric) pairs that ``record`` has, in a stable order."""
+    wanted = list(metrics)
+    return [(lang, m) for lang in langs for m in wanted if m in record.tests[lang]]
+
+
+def _case_inputs(record: BenchmarkRecord, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    return [(record.tests[lang][m].prompt, record.tests[lang][m].target, lang) for lang, m in keys]
+
+
+def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: _Scorer) -> dict[str, dict[str, Any]]:
+    """Locality references on the untouched model: teacher-forced ids and (optionally) the generation."""
+    keys = _cases(record, langs, [LOCALITY])
+    if not keys:
+        return {}
+    inputs = _case_inputs(record, keys)
+    preds = base.predict(inputs)
+    texts = base.generate(inputs) if base.config.generation else [None] * len(keys)
+    return {
+        lang: {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
+        for (lang, _), pred, text in zip(keys, preds, texts, strict=True)
+    }
+
+
+def score_record(
+    record: BenchmarkRecord,
+    langs: Sequence[str],
+    edited: _Scorer,
+    pre: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, dict[str, dict[str, float | None]]], dict[str, dict[str, Any]]]:
+    """Per-language, per-metric scores (fractions), and the post-edit outputs behind them for ``langs``:
+    ``{lang: {"pred_ids": {metric: teacher-forced ids}, "generated": {metric: text}}}`` (kept in the row
+    so that scores can be recomputed, or answers read, without running the model again)."""
+    keys = _cases(record, langs, METRICS)
+    inputs = _case_inputs(record, keys)
+    preds = edited.predict(inputs)
+    texts: list[str | None] = edited.generate(inputs) if edited.config.generation else [None] * len(keys)
+    tokenizer = edited.tokenizer
+    scores: dict[str, dict[str, dict[str, float | None]]] = {lang: {} for lang in langs}
+    outputs: dict[str, dict[str, Any]] = {lang: {"pred_ids": {}} for lang in langs}
+    for (lang, metric), (_, target, _), pred, text in zip(keys, inputs, preds, texts, strict=True):
+        gen_em = gen_in = None
+        if metric == LOCALITY:
+            ref = pre[lang]
+            f1, em = locality_scores(TokenPrediction(ref["loc_pred_ids"], ref["loc_target_ids"]), pred)
+            if text is not None:
+                gen_em, gen_in = gen_locality_scores(ref["loc_generated"], text)
+        else:
+            f1, em = f1_em(pred, tokenizer)
+            if text is not None:
+                gen_em, gen_in = gen_exact_match(text, target), gen_contains(text, target)
+        scores[lang][metric] = {"f1": f1, "em": em, "gen_em": gen_em, "gen_contains": gen_in}
+        outputs[lang]["pred_ids"][metric] = pred.pred_ids
+        if text is not None:
+            outputs[lang].setdefault("generated", {})[metric] = text
+    return scores, outputs
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _group_for(record: BenchmarkRecord, edited: Sequence[str], setting: str) -> EditGroup:
+    """The record's group restricted to ``edited``; per-language edits get their own id (and cache slot)."""
+    group = record.group.restrict(list(edited))
+    if setting == "monolingual":
+        return EditGroup(group.requests, f"{record.record_id}@{edited[0]}")
+    return group
+
+
+def _load_sequential_cache(
+    out_dir: Path, fresh: EditCache, model: nn.Module, model_name: str, rows: Sequence[Mapping[str, Any]]
+) -> EditCache:
+    """The growing cache of a sequential run: resumed from ``out_dir/cache`` when rows exist."""
+    folder = out_dir / CACHE_DIR
+    if (folder / INDEX_FILE).is_file():
+        cache = EditCache.load(folder, model, model_name)
+        log.info("sequential run: resumed an edit cache of %d edit(s) from %s", len(cache), folder)
+        return cache
+    if any("error" not in row for row in rows):
+        raise RunMismatchError(
+            f"cannot resume the sequential run in {out_dir}: its edit cache {folder} is missing, so the edits "
+            "of the records already done cannot be put back; delete the directory to start over"
+        )
+    return fresh
+
+
+def run_evaluation(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    model_name: str,
+    records: Sequence[BenchmarkRecord],
+    config: EvalConfig,
+    out_dir: str | os.PathLike[str],
+    editor: EvalEditor,
+    progress: ProgressFn | None = None,
+) -> Summary:
+    """Evaluate ``editor`` on ``records`` into ``out_dir`` (resuming what is there); returns the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_for(config, records)
+    cache = editor.new_cache()
+    _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache))
+    records_path = out_dir / RECORDS_FILE
+    existing = read_rows(records_path)
+    done = {row["record_id"] for row in existing}
+    if config.sequential:
+        cache = _load_sequential_cache(out_dir, cache, model, model_name, existing)
+    todo = [r for r in records if r.record_id not in done]
+    if len(todo) < len(records):
+        log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
+    device = next(model.parameters()).device
+    base = _Scorer(model, tokenizer, config, device)
+    if progress is not None:
+        progress(0, len(todo), "")
+    with open(records_path, "a", encoding="utf-8") as fh:
+        for index, record in enumerate(todo, start=1):
+            row = _evaluate_record(record, plan, config, model, tokenizer, editor, cache, base, device)
+            if config.sequential and "error" not in row:
+                cache.save(out_dir / CACHE_DIR)  # before the row: a done record's edit is always on disk
+            _append_row(fh, row)
+            existing.append(row)
+            if progress is not None:
+                progress(index, len(todo), record.record_id)
+    return write_summary(out_dir, existing, records, plan, config, model_name)
+
+
+def _evaluate_record(
+    record: BenchmarkRecord,
+    plan: EvalPlan,
+    config: EvalConfig,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    editor: EvalEditor,
+    cache: EditCache,
+    base: _Scorer,
+    device: Any,
+) -> dict[str, Any]:
+    """Edit, evaluate and package one record's row; an edit that cannot be made gives an error row."""
+    # Every edit of the record first: editing reads the base model only, and a failure then leaves the
+    # cache untouched (no half-applied record in sequential mode).
+    edits: list[tuple[tuple[str, ...], CachedEdit, float]] = []
+    for edited_langs, tested in plan.units:
+        group = _group_for(record, edited_langs, config.setting)
+        start = time.perf_counter()
+        try:
+            edit = editor.edit(group)
+        except MkeditError as exc:
+            log.warning("record %s skipped: %s", record.record_id, exc)
+            return {"record_id": record.record_id, "error": f"{type(exc).__name__}: {exc}"}
+        edits.append((tested, edit, time.perf_counter() - start))
+    pre = pre_predictions(record, plan.test_langs, base)
+    scores: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    replaced: list[str] = []
+    edit_info = []
+    cache_size = len(cache)
+    for (edited_langs, _), (tested, edit, seconds) in zip(plan.units, edits, strict=True):
+        replaced += cache.add(edit)
+        # The matcher is built from the cache's subjects at construction, so one view per cache state.
+        view = EditedModel(model, tokenizer, cache, check_model=False)
+        unit_scores, unit_outputs = score_record(record, tested, _Scorer(view, tokenizer, config, device), pre)
+        scores.update(unit_scores)
+        outputs.update(unit_outputs)
+        edit_info.append({"edit_id": edit.edit_id, "langs": list(edited_langs), "seconds": seconds})
+        cache_size = len(cache)
+        if not config.sequential:
+            cache.remove(edit.edit_id)
+    row: dict[str, Any] = {
+        "record_id": record.record_id,
+        "scores": scores,
+        "edits": edit_info,
+        "cache_size": cache_size,
+        "pre": pre,
+        "outputs": outputs,
+    }
+    if replaced:
+        row["replaced"] = replaced
+    return row
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _seconds_per_edit(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    times = [e["seconds"] for row in rows for e in row.get("edits", [])]
+    return sum(times) / len(times) if times else None
+
+
+def sequential_curve(
+    rows: Sequence[Mapping[str, Any]], plan_langs: Sequence[str], every: int, method: str, model: str, setting: str
+) -> list[dict[str, Any]]:
+    """Scores so far after every ``every`` evaluated records (and at the end), in the order they ran.
+
+    ``avg``/``scores``: mean over all records so far; ``window_avg``: over the last ``every`` only,
+    which shows the current effect of a large cache without the lag of the running mean.
+    """
+    points = []
+    marks = sorted({*range(every, len(rows) + 1, every), len(rows)} - {0})
+    for k in marks:
+        so_far = summarize(rows[:k], method, model, setting, plan_langs, None)
+        window = summarize(rows[max(0, k - every) : k], method, model, setting, plan_langs, None)
+        points.append(
+            {
+                "n_records": k,
+                "cache_size": rows[k - 1].get("cache_size"),
+                "avg": so_far["avg"],
+                "window_avg": window["avg"],
+                "scores": so_far["scores"],
+            }
+        )
+    return points
+
+
+def write_summary(
+    out_dir: Path,
+    rows: Sequence[Mapping[str, Any]],
+    records: Sequence[BenchmarkRecord],
+    plan: EvalPlan,
+    config: EvalConfig,
+    model_name: str,
+) -> Summary:
+    """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``."""
+    by_id = {row["record_id"]: row for row in rows}
+    selected = [by_id[r.record_id] for r in records if r.record_id in by_id]
+    evaluated = [row for row in selected if "error" not in row]
+    skipped = [row["record_id"] for row in selected if "error" in row]
+    if len(by_id) > len(selected):
+        extra = len(by_id) - len(selected)
+        log.info("%s holds %d row(s) outside this selection; left out of the summary", out_dir, extra)
+    test_langs = plan.test_langs
+    summary = summarize(evaluated, config.method, model_name, config.setting, test_langs, _seconds_per_edit(evaluated))
+    summary["edit_langs"] = plan.edit_langs
+    summary["sequential"] = config.sequential
+    summary["skipped"] = {"count": len(skipped), "ids": skipped}
+    if config.sequential:
+        wanted = {row["record_id"] for row in evaluated}
+        in_run_order = [row for row in rows if row["record_id"] in wanted and "error" not in row]
+        summary["sequential_curve"] = sequential_curve(
+            in_run_order, test_langs, config.curve_every, config.method, model_name, config.setting
+        )
+    write_json_atomic(out_dir / SUMMARY_JSON, summary)
+    (out_dir / SUMMARY_MD).write_text(_markdown(summary), encoding="utf-8")
+    if len(test_langs) >= HEATMAP_MIN_LANGS:
+        write_heatmap([summary], out_dir / HEATMAP_PNG)
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _markdown(summary: Summary) -> str:
+    parts = [summary_markdown(summary).rstrip("\n")]
+    skipped = summary["skipped"]
+    if skipped["count"]:
+        parts += [
+            "",
+            f"### Skipped: {skipped['count']} record(s) whose edit could not be made (reasons in records.jsonl)",
+            "",
+            ", ".join(skipped["ids"]),
+        ]
+    if "sequential_curve" in summary:
+        parts += [
+            "",
+            "### Sequential: scores as the cache grows (teacher-forced avg, %)",
+            "",
+            "| Records | Cache size | avg so far | avg of the last window |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        parts += [
+            f"| {p['n_records']} | {p['cache_size']} | {_fmt(p['avg'])} | {_fmt(p['window_avg'])} |"
+            for p in summary["sequential_curve"]
+        ]
+    return "\n".join(parts) + "\n"

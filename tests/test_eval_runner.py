@@ -1,0 +1,384 @@
+"""The evaluation runner and ``mkedit eval`` on a tiny model: files, resume, settings, skips, sequential."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+from mkedit.data import load_records
+from mkedit.eval.report import METRICS, SCORE_KEYS, SUMMARY_KEYS, validate_summary
+from mkedit.eval.runner import (
+    RECORDS_FILE,
+    RUN_FILE,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+    EvalConfig,
+    EvalConfigError,
+    RunMismatchError,
+    read_rows,
+    run_evaluation,
+)
+from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
+from mkedit.runtime.cache import CachedEdit, EditCache
+from mkedit.runtime.edited_model import EditedModel
+from mkedit.types import EditGroup
+
+TINY_CONFIG = LuLafnConfig(layers=(1, 2), max_steps=2, num_prefixes=1)
+MODEL_NAME = "tiny-qwen2"
+
+
+def _part(subject: str, src: str, rephrase: str, alt: str, loc: str, loc_ans: str, q: str, a: str) -> dict:
+    return {
+        "subject": subject,
+        "src": src,
+        "rephrase": rephrase,
+        "alt": alt,
+        "loc": loc,
+        "loc_ans": loc_ans,
+        "portability": {"New Question": q, "New Answer": a},
+    }
+
+
+RECORDS = [
+    {
+        "en": _part(
+            "Volvo B12M",
+            "Which company makes the Volvo B12M?",
+            "Who manufactures the Volvo B12M?",
+            "Honda",
+            "nq question: who wrote hamlet",
+            "Shakespeare",
+            "In which country is the maker of the Volvo B12M based?",
+            "Japan",
+        ),
+        "zh": _part(
+            "沃尔沃B12M",
+            "沃尔沃B12M是哪家公司生产的？",
+            "谁制造了沃尔沃B12M？",
+            "本田",
+            "哈姆雷特的作者是谁",
+            "莎士比亚",
+            "沃尔沃B12M的制造商位于哪个国家？",
+            "日本",
+        ),
+    },
+    {
+        "en": _part(
+            "Lake Tana",
+            "Which country is Lake Tana in?",
+            "Where is Lake Tana located?",
+            "Peru",
+            "nq question: capital of italy",
+            "Rome",
+            "What language is spoken around Lake Tana?",
+            "Spanish",
+        ),
+        "zh": _part(
+            "塔纳湖",
+            "塔纳湖位于哪个国家？",
+            "塔纳湖在哪里？",
+            "秘鲁",
+            "意大利的首都是哪里",
+            "罗马",
+            "塔纳湖周围说什么语言？",
+            "西班牙语",
+        ),
+    },
+    {
+        "en": _part(
+            "Mount Kenya",
+            "How high is Mount Kenya?",
+            "What is the height of Mount Kenya?",
+            "900 metres",
+            "nq question: largest planet",
+            "Jupiter",
+            "Is Mount Kenya taller than 1000 metres?",
+            "no",
+        ),
+        "zh": _part(
+            "肯尼亚山",
+            "肯尼亚山有多高？",
+            "肯尼亚山的高度是多少？",
+            "900米",
+            "最大的行星是什么",
+            "木星",
+            "肯尼亚山高于1000米吗？",
+            "不",
+        ),
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    return build_tiny_model("qwen2"), build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "bench.json"
+    path.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+class CountingEditor:
+    """An LU-LAFNs editor that counts its edits (to see what a resumed run recomputes)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.inner = LuLafnEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME)
+        self.groups: list[EditGroup] = []
+
+    def edit(self, group: EditGroup) -> CachedEdit:
+        self.groups.append(group)
+        return self.inner.edit(group)
+
+    def new_cache(self) -> EditCache:
+        return self.inner.new_cache()
+
+
+def _run(tiny: Any, data_file: Path, out: Path, limit: int | None = 3, **overrides: Any) -> tuple[dict, CountingEditor]:
+    model, tokenizer = tiny
+    config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=limit, **overrides)
+    records = load_records(data_file, config.langs, limit)
+    editor = CountingEditor(model, tokenizer)
+    summary = run_evaluation(model, tokenizer, MODEL_NAME, records, config, out, editor)
+    return summary, editor
+
+
+def _without_time(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "seconds_per_edit"}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny: Any, data_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("full")
+    summary, _ = _run(tiny, data_file, out)
+    return out, summary
+
+
+def test_run_writes_rows_and_summary_of_the_fixed_shape(full_run: tuple[Path, dict]) -> None:
+    out, summary = full_run
+    rows = read_rows(out / RECORDS_FILE)
+    assert [r["record_id"] for r in rows] == ["bench:0", "bench:1", "bench:2"]
+    for row in rows:
+        assert set(row["scores"]) == {"en", "zh"}
+        for metrics in row["scores"].values():
+            assert set(metrics) == set(METRICS)
+            for scores in metrics.values():
+                assert set(scores) == set(SCORE_KEYS)
+                assert all(0.0 <= v <= 1.0 for v in scores.values())
+        assert set(row["pre"]) == {"en", "zh"} and row["pre"]["en"]["loc_generated"] is not None
+        assert [e["langs"] for e in row["edits"]] == [["en", "zh"]]
+        assert row["cache_size"] == 1
+    on_disk = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
+    assert on_disk == summary
+    validate_summary(on_disk, "summary.json")
+    assert set(on_disk) == {*SUMMARY_KEYS, "edit_langs", "sequential", "skipped"}
+    assert on_disk["method"] == "lu-lafns" and on_disk["model"] == MODEL_NAME
+    assert on_disk["setting"] == "multilingual" and on_disk["n_records"] == 3
+    assert on_disk["langs"] == ["en", "zh"] and on_disk["edit_langs"] == ["en", "zh"]
+    assert on_disk["skipped"] == {"count": 0, "ids": []}
+    assert on_disk["seconds_per_edit"] > 0
+    assert 0 <= on_disk["avg"] <= 100
+    for lang in ("en", "zh"):
+        for metric in METRICS:
+            assert all(on_disk["scores"][lang][metric][k] is not None for k in SCORE_KEYS)
+    # Locality with only the record's own edit: the loc prompts hold no edited subject, so nothing changes.
+    assert on_disk["scores"]["en"]["locality"]["em"] == 100.0
+    md = (out / SUMMARY_MD).read_text(encoding="utf-8")
+    assert "Teacher-forced F1 / EM" in md and "tiny-qwen2" in md
+    assert not (out / "heatmap.png").exists()  # two languages only
+    assert json.loads((out / RUN_FILE).read_text())["langs"] == ["en", "zh"]
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    tiny: Any, data_file: Path, tmp_path: Path, full_run: tuple[Path, dict]
+) -> None:
+    _, uninterrupted = full_run
+    _, first = _run(tiny, data_file, tmp_path, limit=2)
+    assert len(first.groups) == 2
+    with open(tmp_path / RECORDS_FILE, "a", encoding="utf-8") as fh:
+        fh.write('{"record_id": "bench:2", "scores": {"en"')  # killed mid-write
+    summary, second = _run(tiny, data_file, tmp_path, limit=3)
+    assert [g.group_id for g in second.groups] == ["bench:2"]
+    assert [r["record_id"] for r in read_rows(tmp_path / RECORDS_FILE)] == ["bench:0", "bench:1", "bench:2"]
+    assert _without_time(summary) == _without_time(uninterrupted)
+    # Nothing left to do: a third call recomputes nothing and gives the same summary.
+    again, third = _run(tiny, data_file, tmp_path, limit=3)
+    assert third.groups == [] and _without_time(again) == _without_time(uninterrupted)
+
+
+def test_resume_refuses_a_different_run(
+    tiny: Any, data_file: Path, tmp_path: Path, full_run: tuple[Path, dict]
+) -> None:
+    out, _ = full_run
+    (tmp_path / RUN_FILE).write_bytes((out / RUN_FILE).read_bytes())
+    (tmp_path / RECORDS_FILE).write_bytes((out / RECORDS_FILE).read_bytes())
+    with pytest.raises(RunMismatchError, match=r"different run.*generation: True there, False now"):
+        _run(tiny, data_file, tmp_path, generation=False)
+    with pytest.raises(RunMismatchError, match="setting"):
+        _run(tiny, data_file, tmp_path, setting="cross-lingual", edit_langs=("en",))
+
+
+def test_sequential_mode_keeps_edits_and_reports_a_curve(tiny: Any, data_file: Path, tmp_path: Path) -> None:
+    summary, _ = _run(tiny, data_file, tmp_path, sequential=True, curve_every=2)
+    rows = read_rows(tmp_path / RECORDS_FILE)
+    assert [r["cache_size"] for r in rows] == [1, 2, 3]
+    assert len(EditCache.load(tmp_path / "cache")) == 3
+    curve = summary["sequential_curve"]
+    assert [(p["n_records"], p["cache_size"]) for p in curve] == [(2, 2), (3, 3)]
+    assert all(p["avg"] is not None and p["window_avg"] is not None for p in curve)
+    assert curve[-1]["avg"] == pytest.approx(summary["avg"])
+    assert summary["sequential"] is True
+    assert "as the cache grows" in (tmp_path / SUMMARY_MD).read_text(encoding="utf-8")
+
+
+def test_unplaceable_subject_is_reported_as_skipped(tiny: Any, tmp_path: Path) -> None:
+    bad = json.loads(json.dumps(RECORDS[1]))
+    bad["zh"]["subject"] = "完全不同的东西"  # in no question
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([RECORDS[0], bad], ensure_ascii=False), encoding="utf-8")
+    summary, _ = _run(tiny, data, tmp_path / "out", limit=None)
+    assert summary["skipped"] == {"count": 1, "ids": ["bad:1"]}
+    assert summary["n_records"] == 1
+    rows = read_rows(tmp_path / "out" / RECORDS_FILE)
+    assert set(rows[1]) == {"record_id", "error"} and "SubjectNotFoundError" in rows[1]["error"]
+    assert "Skipped: 1 record" in (tmp_path / "out" / SUMMARY_MD).read_text(encoding="utf-8")
+
+
+def test_monolingual_setting_edits_and_tests_each_language_alone(tiny: Any, data_file: Path, tmp_path: Path) -> None:
+    summary, editor = _run(tiny, data_file, tmp_path, limit=1, setting="monolingual", generation=False)
+    assert [(g.group_id, g.langs) for g in editor.groups] == [("bench:0@en", ["en"]), ("bench:0@zh", ["zh"])]
+    assert summary["langs"] == ["en", "zh"] and summary["setting"] == "monolingual"
+    row = read_rows(tmp_path / RECORDS_FILE)[0]
+    assert [e["langs"] for e in row["edits"]] == [["en"], ["zh"]]
+    assert set(row["scores"]) == {"en", "zh"} and "generated" not in row["outputs"]["zh"]
+    assert summary["scores"]["zh"]["reliability"]["f1"] is not None
+    assert summary["scores"]["zh"]["reliability"]["gen_em"] is None  # --no-generation
+
+
+def test_cross_lingual_setting_edits_one_language_and_tests_others(tiny: Any, data_file: Path, tmp_path: Path) -> None:
+    summary, editor = _run(
+        tiny, data_file, tmp_path, limit=1, setting="cross-lingual", edit_langs=("en",), test_langs=("zh",)
+    )
+    assert [g.langs for g in editor.groups] == [["en"]]
+    assert summary["langs"] == ["zh"] and summary["edit_langs"] == ["en"]
+    assert set(read_rows(tmp_path / RECORDS_FILE)[0]["scores"]) == {"zh"}
+    with pytest.raises(EvalConfigError, match="exactly one"):
+        EvalConfig(setting="cross-lingual", edit_langs=("en", "zh"))
+    with pytest.raises(EvalConfigError, match="not among"):
+        _run(tiny, data_file, tmp_path / "x", setting="cross-lingual", edit_langs=("fr",))
+
+
+class StubEditor:
+    """A stub method (no optimisation): a fixed ΔV on layer 1, triggered by the group's subjects."""
+
+    def __init__(self, inner: LuLafnEditor) -> None:
+        self.inner = inner
+
+    def edit(self, group: EditGroup) -> CachedEdit:
+        subjects = {r.lang: [r.subject] for r in group.requests}
+        return CachedEdit(group.group_id, subjects, {1: (torch.arange(128), torch.full((128,), 3.0))})
+
+    def new_cache(self) -> EditCache:
+        return self.inner.new_cache()
+
+
+class SpyEditedModel(EditedModel):
+    """Records, for every forward/generate of the runner, each row's text, the edits applied, the cache size."""
+
+    calls: ClassVar[list[tuple[str, list[str], int]]] = []
+
+    @contextmanager
+    def applying(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[Any]:
+        with super().applying(input_ids, attention_mask) as applied:
+            for row in range(input_ids.shape[0]):
+                ids = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                SpyEditedModel.calls.append((text, sorted(applied[row]), len(self.cache)))
+            yield applied
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_each_record_is_tested_with_its_own_edit_in_force(
+    tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sequential: bool
+) -> None:
+    import mkedit.eval.runner as runner_module
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(runner_module, "EditedModel", SpyEditedModel)
+    monkeypatch.setattr(SpyEditedModel, "calls", [])
+    records = load_records(data_file, ["en", "zh"], 2)
+    config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=2, sequential=sequential)
+    editor = StubEditor(LuLafnEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME))
+    run_evaluation(model, tokenizer, MODEL_NAME, records, config, tmp_path, editor)
+
+    expected: dict[str, list[str]] = {}  # prompt -> edits that must be in force on it
+    for index, raw in enumerate(RECORDS[:2]):
+        for part in raw.values():
+            for prompt in (part["src"], part["rephrase"], part["portability"]["New Question"]):
+                expected[prompt] = [f"bench:{index}"]
+            expected[part["loc"]] = []
+    seen: dict[str, int] = dict.fromkeys(expected, 0)
+    for text, applied, cache_size in SpyEditedModel.calls:
+        prompt = next(p for p in expected if text.startswith(p))
+        seen[prompt] += 1
+        assert applied == expected[prompt], text
+        record = 0 if any(text.startswith(p) for p in _prompts(RECORDS[0])) else 1
+        # Only the record's own edit, or (sequential) every edit so far.
+        assert cache_size == (record + 1 if sequential else 1)
+    assert all(count == 2 for count in seen.values()), seen  # teacher-forced once, generated once
+    rows = read_rows(tmp_path / RECORDS_FILE)
+    assert set(rows[0]["outputs"]["en"]["pred_ids"]) == set(METRICS)
+
+
+def _prompts(raw: dict) -> list[str]:
+    return [
+        text
+        for part in raw.values()
+        for text in (part["src"], part["rephrase"], part["loc"], part["portability"]["New Question"])
+    ]
+
+
+def test_truncated_or_damaged_rows(tmp_path: Path) -> None:
+    path = tmp_path / RECORDS_FILE
+    path.write_text('{"record_id": "a", "error": "x"}\n{"record_id": "b", "error": "y"}', encoding="utf-8")
+    assert [r["record_id"] for r in read_rows(path)] == ["a", "b"]
+    assert path.read_text(encoding="utf-8").endswith('"y"}\n')  # complete row: only its newline was missing
+    path.write_text('{"record_id": "a", "error": "x"}\nnot json\n{"record_id": "b", "error": "y"}\n')
+    with pytest.raises(Exception, match="line 2"):
+        read_rows(path)
+
+
+def test_cli_eval_end_to_end(tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mkedit import cli_eval
+    from mkedit.cli import app
+
+    model, tokenizer = tiny
+    folder = tmp_path / "tiny-model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setitem(
+        cli_eval.METHODS,
+        "lu-lafns",
+        lambda m, tok, name, preset: LuLafnEditor(m, tok, TINY_CONFIG, name),
+    )
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["eval", "--model", str(folder), "--data", str(data_file), "--langs", "en,zh", "--limit", "1"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Teacher-forced F1 / EM" in result.output
+    summary = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
+    assert summary["n_records"] == 1 and summary["langs"] == ["en", "zh"]
+
+    unknown = runner.invoke(app, [*args, "--method", "rome", "--out", str(tmp_path / "r")])
+    assert unknown.exit_code == 1 and "unknown method 'rome'" in unknown.output and "lu-lafns" in unknown.output

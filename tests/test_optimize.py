@@ -1,0 +1,248 @@
+"""Editing objective (Eq. 7-10) and locating (Eq. 4-6): speed switches keep the objective, bounds hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer, tiny_config
+from mkedit.arch import get_adapter
+from mkedit.arch.hooks import capture_site_values
+from mkedit.errors import MkeditError
+from mkedit.methods.lu_lafns.batch import EDIT_KEY, TrainSequence, sequences_for_request, to_tensor_batch
+from mkedit.methods.lu_lafns.config import LuLafnConfig
+from mkedit.methods.lu_lafns.locate import intersect, locate_lafns, select_neurons
+from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta, read_logprobs
+from mkedit.types import EditGroup, EditRequest
+
+LAYERS = (1, 3)
+REQUESTS = (
+    EditRequest("en", "Russia", "Who is the president of Russia?", "Boris", ("Who leads Russia?",)),
+    EditRequest("zh", "俄罗斯", "俄罗斯的总统是谁？", "鲍里斯", ("谁领导俄罗斯？",)),
+)
+SWITCHES = ("batch_sequences", "reuse_lower_layers", "answer_logits_only")
+
+
+def training_sequences() -> list[TrainSequence]:
+    """Target and KL sequences of an en/zh group: bare question + two prefixes, a line-break stop token."""
+    tokenizer = build_tiny_tokenizer()
+    stop = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    sequences = []
+    for request in REQUESTS:
+        seqs, _ = sequences_for_request(tokenizer, request, ["The cat sat", "Because it"], True, "test", stop)
+        sequences += seqs
+    return sequences
+
+
+def random_lafns(d_ffn: int, layers: tuple[int, ...] = LAYERS, k: int = 40) -> dict[int, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {layer: torch.randperm(d_ffn, generator=g)[:k].sort().values for layer in layers}
+
+
+def peaky_model(family: str) -> torch.nn.Module:
+    """A tiny model whose logits are not flat (``initializer_range=0.2``)."""
+    config = tiny_config(family)
+    config.initializer_range = 0.2
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def config(**changes) -> LuLafnConfig:
+    base = LuLafnConfig(layers=LAYERS, max_steps=3, learning_rate=0.5, early_stop_nll=0.0)
+    return base.replace(**changes)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_read_logprobs_full_and_head_only_agree(family: str) -> None:
+    """Applying the head only at the read positions gives the same log-probs as full logits."""
+    model = build_tiny_model(family)
+    adapter = get_adapter(model)
+    sequences = training_sequences()
+    n_target = sum(s.kind == "target" for s in sequences)
+    batch = to_tensor_batch(sequences, 0, n_target, len(sequences) - n_target, torch.device("cpu"))
+    rows, pos = batch.read_positions()
+    with torch.no_grad():
+        full = read_logprobs(adapter, batch, rows, pos, full_logits=True)
+        head_only = read_logprobs(adapter, batch, rows, pos, full_logits=False)
+    assert full.shape == (rows.numel(), model.config.vocab_size)
+    torch.testing.assert_close(head_only, full)
+    torch.testing.assert_close(full.exp().sum(-1), torch.ones(rows.numel()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_speed_switches_do_not_change_the_objective(family: str) -> None:
+    """Every speed switch on, each one off, and all off: the same loss history and the same ΔV."""
+    adapter = get_adapter(build_tiny_model(family))
+    sequences = training_sequences()
+    lafns = random_lafns(adapter.d_ffn)
+    runs = {"all on": optimize_delta(adapter, sequences, lafns, config(), pad_id=0)}
+    for switch in SWITCHES:
+        runs[f"{switch} off"] = optimize_delta(adapter, sequences, lafns, config(**{switch: False}), pad_id=0)
+    runs["all off"] = optimize_delta(adapter, sequences, lafns, config(**dict.fromkeys(SWITCHES, False)), pad_id=0)
+    reference = runs["all off"]
+    assert len(reference.history) == 3
+    assert reference.history[1] != reference.history[0]  # ΔV moved, so later steps test a non-zero update
+    for name, run in runs.items():
+        torch.testing.assert_close(
+            torch.tensor(run.history), torch.tensor(reference.history), rtol=1e-4, atol=1e-6, msg=name
+        )
+        for layer in LAYERS:
+            torch.testing.assert_close(run.deltas[layer], reference.deltas[layer], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def _loss_and_grads(adapter, sequences, lafns, cfg: LuLafnConfig) -> tuple[float, dict[int, torch.Tensor]]:
+    """The objective and its gradient at a fixed non-zero ΔV, computed as ``optimize_delta`` does."""
+    layers = sorted(lafns)
+    n_target = sum(s.kind == "target" for s in sequences)
+    groups = [list(sequences)] if cfg.batch_sequences else [[s] for s in sequences]
+    g = torch.Generator().manual_seed(11)
+    deltas = {layer: (0.5 * torch.randn(lafns[layer].numel(), generator=g)).requires_grad_() for layer in layers}
+    updates = {EDIT_KEY: {layer: (lafns[layer], deltas[layer]) for layer in layers}}
+    total = 0.0
+    for group in groups:
+        batch = to_tensor_batch(group, 0, n_target, len(sequences) - n_target, torch.device("cpu"))
+        prepared, _ = _prepare(adapter, batch, cfg, layers[0])
+        loss, _, _ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
+        loss.backward()
+        total += loss.item()
+    return total, {layer: d.grad for layer, d in deltas.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_speed_switches_same_loss_and_gradient_at_nonzero_delta(family: str) -> None:
+    """At a random non-zero ΔV (KL term active), all switches on and all off give the same loss and gradient."""
+    model = build_tiny_model(family)
+    adapter = get_adapter(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    sequences = training_sequences()
+    lafns = random_lafns(adapter.d_ffn)
+    on_loss, on_grads = _loss_and_grads(adapter, sequences, lafns, config())
+    off_loss, off_grads = _loss_and_grads(adapter, sequences, lafns, config(**dict.fromkeys(SWITCHES, False)))
+    assert on_loss == pytest.approx(off_loss, rel=1e-4)
+    for layer in LAYERS:
+        assert off_grads[layer].abs().sum() > 0
+        torch.testing.assert_close(on_grads[layer], off_grads[layer], rtol=1e-3, atol=1e-6)
+
+
+def _hand_bounds(adapter, sequences, lafns, ratio: float) -> dict[int, float]:
+    """``ratio`` x mean over target sequences of ``||V_layer[LAFNs]||`` at the subject's last token."""
+    norms: dict[int, list[float]] = {layer: [] for layer in lafns}
+    for seq in sequences:
+        if seq.kind != "target":
+            continue
+        with torch.no_grad(), capture_site_values(adapter, sorted(lafns), "act_fn") as values:
+            adapter.model(input_ids=torch.tensor([seq.input_ids]))
+        for layer, idx in lafns.items():
+            norms[layer].append(float(values[layer][0, seq.subject_pos, idx].norm()))
+    return {layer: ratio * sum(v) / len(v) for layer, v in norms.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_delta_respects_norm_bound(family: str) -> None:
+    """``||ΔV_layer|| <= ratio * mean ||V_layer||`` at the subject token; a large step is scaled down to the bound."""
+    adapter = get_adapter(build_tiny_model(family))
+    sequences = training_sequences()
+    lafns = random_lafns(adapter.d_ffn)
+    ratio = 0.05
+    result = optimize_delta(adapter, sequences, lafns, config(max_delta_norm_ratio=ratio, learning_rate=5.0), 0)
+    bounds = _hand_bounds(adapter, sequences, lafns, ratio)
+    for layer in LAYERS:
+        assert result.deltas[layer].shape == lafns[layer].shape
+        norm = float(result.deltas[layer].norm())
+        assert norm <= bounds[layer] * (1 + 1e-5)
+        assert norm == pytest.approx(bounds[layer], rel=1e-3)  # lr 5 overshoots: the bound is active
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_nll_decreases(family: str) -> None:
+    """On a model with non-flat logits, 15 Adam steps lower the loss and the answer NLL."""
+    adapter = get_adapter(peaky_model(family))
+    sequences = training_sequences()
+    lafns = random_lafns(adapter.d_ffn, k=64)
+    steps = []
+    result = optimize_delta(
+        adapter,
+        sequences,
+        lafns,
+        config(max_steps=15, learning_rate=0.5, max_delta_norm_ratio=4.0),
+        0,
+        on_step=lambda step, loss: steps.append((step, loss)),
+    )
+    assert result.steps == 15 == len(result.history)
+    assert steps == list(enumerate(result.history, start=1))
+    assert result.history[-1] < result.history[0]
+    assert result.target_nll < result.history[0]  # at step 0 ΔV = 0, so the loss is the base NLL (KL = 0)
+
+
+def test_early_stop_when_nll_below_threshold() -> None:
+    """``early_stop_nll`` above the starting NLL stops after the first evaluation, with ΔV still zero."""
+    adapter = get_adapter(build_tiny_model("llama"))
+    lafns = random_lafns(adapter.d_ffn)
+    result = optimize_delta(adapter, training_sequences(), lafns, config(early_stop_nll=1e9, max_steps=10), 0)
+    assert result.steps == 1
+    assert all(bool((d == 0).all()) for d in result.deltas.values())
+
+
+def _group() -> EditGroup:
+    return EditGroup(REQUESTS, "g1")
+
+
+def test_locate_lafns_strategies_sizes() -> None:
+    """``lafns`` = intersection of per-language selections; ``all`` = every neuron; ``random`` = as many, seeded."""
+    model = build_tiny_model("qwen2")
+    adapter = get_adapter(model)
+    tokenizer = build_tiny_tokenizer()
+    group = _group()
+    located = locate_lafns(adapter, tokenizer, group, LAYERS, beta=0.3)
+    for lang in group.langs:
+        for layer in LAYERS:
+            assert torch.equal(located.per_language[lang][layer], select_neurons(located.counts[lang][layer], 0.3))
+    for layer in LAYERS:
+        expected = intersect([located.per_language[lang][layer] for lang in group.langs])
+        assert torch.equal(located.lafns[layer], expected)
+        assert 0 < located.lafns[layer].numel() < adapter.d_ffn
+    sizes = located.sizes()
+
+    everything = locate_lafns(adapter, tokenizer, group, LAYERS, beta=0.3, strategy="all")
+    assert everything.sizes() == dict.fromkeys(LAYERS, adapter.d_ffn)
+    assert torch.equal(everything.lafns[1], torch.arange(adapter.d_ffn))
+
+    random_a = locate_lafns(adapter, tokenizer, group, LAYERS, beta=0.3, strategy="random", seed=5)
+    random_b = locate_lafns(adapter, tokenizer, group, LAYERS, beta=0.3, strategy="random", seed=5)
+    random_c = locate_lafns(adapter, tokenizer, group, LAYERS, beta=0.3, strategy="random", seed=6)
+    assert random_a.sizes() == sizes
+    for layer in LAYERS:
+        idx = random_a.lafns[layer]
+        assert torch.equal(idx, random_b.lafns[layer]), "same seed, same neurons"
+        assert torch.equal(idx, idx.unique()), "sorted and distinct"
+        assert int(idx.min()) >= 0 and int(idx.max()) < adapter.d_ffn
+    assert any(not torch.equal(random_a.lafns[layer], random_c.lafns[layer]) for layer in LAYERS)
+    assert any(not torch.equal(random_a.lafns[layer], located.lafns[layer]) for layer in LAYERS)
+
+
+def _silence_layers(model: torch.nn.Module, layers: tuple[int, ...]) -> None:
+    """Zero the gate projections: ``act_fn(0) = 0`` so no neuron of these layers is ever active."""
+    with torch.no_grad():
+        for layer in layers:
+            model.model.layers[layer].mlp.gate_proj.weight.zero_()
+
+
+@pytest.mark.parametrize("strategy", ["lafns", "random"])
+def test_empty_intersection_raises(strategy: str) -> None:
+    """No neuron shared by the languages in any layer: a MkeditError naming the group, layers and beta."""
+    model = build_tiny_model("llama")
+    _silence_layers(model, LAYERS)
+    adapter = get_adapter(model)
+    with pytest.raises(MkeditError, match=r"'g1'.*\[1, 3\].*beta=0"):
+        locate_lafns(adapter, build_tiny_tokenizer(), _group(), LAYERS, beta=0.0, strategy=strategy)
+
+
+def test_layers_without_lafns_are_dropped() -> None:
+    """A layer with an empty intersection is left out of the edit; the others are kept."""
+    model = build_tiny_model("llama")
+    _silence_layers(model, (1,))
+    located = locate_lafns(get_adapter(model), build_tiny_tokenizer(), _group(), LAYERS, beta=0.0)
+    assert sorted(located.lafns) == [3]
+    assert located.per_language["en"][1].numel() == 0
