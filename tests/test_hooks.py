@@ -15,6 +15,16 @@ from mkedit.arch.hooks import ActivationCounter, Placement, capture_site_values,
 from mkedit.arch.replay import capture_block_output, replaying
 from mkedit.methods.lu_lafns.locate import count_activations, intersect, select_neurons
 
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run much faster on one thread (and the CI machine has two, shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LENGTHS = (7, 11)  # two rows of different lengths
 
 
@@ -57,9 +67,9 @@ def site_capture(adapter: FFNAdapter, layers: list[int], site: str) -> Iterator[
     for layer in layers:
         module, side = adapter.site_module(layer, site)
         if side == "output":
-            handles.append(module.register_forward_hook(lambda _m, _i, out, l=layer: seen[l].append(out.clone())))
+            handles.append(module.register_forward_hook(lambda _m, _i, out, at=layer: seen[at].append(out.clone())))
         else:
-            handles.append(module.register_forward_pre_hook(lambda _m, a, l=layer: seen[l].append(a[0].clone())))
+            handles.append(module.register_forward_pre_hook(lambda _m, a, at=layer: seen[at].append(a[0].clone())))
     try:
         yield seen
     finally:
@@ -111,9 +121,13 @@ def test_updates_land_exactly_at_placements(family: str, padding_side: str, site
         Placement(1, real_pos(mask, 1, 2), "b"),
     ]
     layers = list(range(adapter.n_layers))
-    with torch.no_grad(), site_capture(adapter, layers, site) as before:
-        with neuron_updates(adapter, updates, placements, site), site_capture(adapter, layers, site) as after:
-            model(input_ids=ids, attention_mask=mask)
+    with (
+        torch.no_grad(),
+        site_capture(adapter, layers, site) as before,
+        neuron_updates(adapter, updates, placements, site),
+        site_capture(adapter, layers, site) as after,
+    ):
+        model(input_ids=ids, attention_mask=mask)
     for layer in layers:
         (pre,), (post,) = before[layer], after[layer]
         expected = _expected_delta(tuple(pre.shape), updates, placements, layer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -16,7 +18,19 @@ from mkedit.methods.lu_lafns.locate import intersect, locate_lafns, select_neuro
 from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta, read_logprobs
 from mkedit.types import EditGroup, EditRequest
 
-LAYERS = (1, 3)
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run much faster on one thread (and the CI machine has two, shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Not the last layer: ΔV sits at the subject's last token, and after the last block nothing carries it to
+# the answer positions, so a last-layer update gets no gradient unless the subject ends the prompt.
+LAYERS = (1, 2)
 REQUESTS = (
     EditRequest("en", "Russia", "Who is the president of Russia?", "Boris", ("Who leads Russia?",)),
     EditRequest("zh", "俄罗斯", "俄罗斯的总统是谁？", "鲍里斯", ("谁领导俄罗斯？",)),
@@ -25,12 +39,12 @@ SWITCHES = ("batch_sequences", "reuse_lower_layers", "answer_logits_only")
 
 
 def training_sequences() -> list[TrainSequence]:
-    """Target and KL sequences of an en/zh group: bare question + two prefixes, a line-break stop token."""
+    """Target and KL sequences of an en/zh group: bare question + one prefix, a line-break stop token."""
     tokenizer = build_tiny_tokenizer()
     stop = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
     sequences = []
     for request in REQUESTS:
-        seqs, _ = sequences_for_request(tokenizer, request, ["The cat sat", "Because it"], True, "test", stop)
+        seqs, _ = sequences_for_request(tokenizer, request, ["The cat sat"], True, "test", stop)
         sequences += seqs
     return sequences
 
@@ -72,23 +86,19 @@ def test_read_logprobs_full_and_head_only_agree(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_speed_switches_do_not_change_the_objective(family: str) -> None:
-    """Every speed switch on, each one off, and all off: the same loss history and the same ΔV."""
+    """All speed switches on vs all off: the same loss at every step and the same ΔV."""
     adapter = get_adapter(build_tiny_model(family))
     sequences = training_sequences()
     lafns = random_lafns(adapter.d_ffn)
-    runs = {"all on": optimize_delta(adapter, sequences, lafns, config(), pad_id=0)}
-    for switch in SWITCHES:
-        runs[f"{switch} off"] = optimize_delta(adapter, sequences, lafns, config(**{switch: False}), pad_id=0)
-    runs["all off"] = optimize_delta(adapter, sequences, lafns, config(**dict.fromkeys(SWITCHES, False)), pad_id=0)
-    reference = runs["all off"]
-    assert len(reference.history) == 3
-    assert reference.history[1] != reference.history[0]  # ΔV moved, so later steps test a non-zero update
-    for name, run in runs.items():
-        torch.testing.assert_close(
-            torch.tensor(run.history), torch.tensor(reference.history), rtol=1e-4, atol=1e-6, msg=name
-        )
-        for layer in LAYERS:
-            torch.testing.assert_close(run.deltas[layer], reference.deltas[layer], rtol=1e-3, atol=1e-5, msg=name)
+    on = optimize_delta(adapter, sequences, lafns, config(max_steps=2), pad_id=0)
+    off = optimize_delta(adapter, sequences, lafns, config(max_steps=2, **dict.fromkeys(SWITCHES, False)), pad_id=0)
+    assert len(on.history) == len(off.history) == 2
+    assert off.history[1] != off.history[0]  # ΔV moved, so step 2 compares a non-zero update
+    torch.testing.assert_close(torch.tensor(on.history), torch.tensor(off.history), rtol=1e-4, atol=1e-6)
+    assert on.target_nll == pytest.approx(off.target_nll, rel=1e-4)
+    for layer in LAYERS:
+        assert off.deltas[layer].abs().sum() > 0
+        torch.testing.assert_close(on.deltas[layer], off.deltas[layer], rtol=1e-3, atol=1e-5)
 
 
 def _loss_and_grads(adapter, sequences, lafns, cfg: LuLafnConfig) -> tuple[float, dict[int, torch.Tensor]]:
@@ -109,21 +119,30 @@ def _loss_and_grads(adapter, sequences, lafns, cfg: LuLafnConfig) -> tuple[float
     return total, {layer: d.grad for layer, d in deltas.items()}
 
 
+SWITCH_SETTINGS = {
+    "all on": {},
+    **{f"{switch} off": {switch: False} for switch in SWITCHES},
+    "all off": dict.fromkeys(SWITCHES, False),
+}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_speed_switches_same_loss_and_gradient_at_nonzero_delta(family: str) -> None:
-    """At a random non-zero ΔV (KL term active), all switches on and all off give the same loss and gradient."""
+def test_each_speed_switch_same_loss_and_gradient_at_nonzero_delta(family: str) -> None:
+    """At a random non-zero ΔV (KL term active), every switch setting gives the same loss and gradient."""
     model = build_tiny_model(family)
     adapter = get_adapter(model)
     for p in model.parameters():
         p.requires_grad_(False)
     sequences = training_sequences()
     lafns = random_lafns(adapter.d_ffn)
-    on_loss, on_grads = _loss_and_grads(adapter, sequences, lafns, config())
-    off_loss, off_grads = _loss_and_grads(adapter, sequences, lafns, config(**dict.fromkeys(SWITCHES, False)))
-    assert on_loss == pytest.approx(off_loss, rel=1e-4)
+    results = {name: _loss_and_grads(adapter, sequences, lafns, config(**c)) for name, c in SWITCH_SETTINGS.items()}
+    ref_loss, ref_grads = results["all off"]
     for layer in LAYERS:
-        assert off_grads[layer].abs().sum() > 0
-        torch.testing.assert_close(on_grads[layer], off_grads[layer], rtol=1e-3, atol=1e-6)
+        assert ref_grads[layer].abs().sum() > 0
+    for name, (loss, grads) in results.items():
+        assert loss == pytest.approx(ref_loss, rel=1e-4), name
+        for layer in LAYERS:
+            torch.testing.assert_close(grads[layer], ref_grads[layer], rtol=1e-3, atol=1e-6, msg=name)
 
 
 def _hand_bounds(adapter, sequences, lafns, ratio: float) -> dict[int, float]:
@@ -235,7 +254,7 @@ def test_empty_intersection_raises(strategy: str) -> None:
     model = build_tiny_model("llama")
     _silence_layers(model, LAYERS)
     adapter = get_adapter(model)
-    with pytest.raises(MkeditError, match=r"'g1'.*\[1, 3\].*beta=0"):
+    with pytest.raises(MkeditError, match=r"'g1'.*\[1, 2\].*beta=0"):
         locate_lafns(adapter, build_tiny_tokenizer(), _group(), LAYERS, beta=0.0, strategy=strategy)
 
 
@@ -244,5 +263,5 @@ def test_layers_without_lafns_are_dropped() -> None:
     model = build_tiny_model("llama")
     _silence_layers(model, (1,))
     located = locate_lafns(get_adapter(model), build_tiny_tokenizer(), _group(), LAYERS, beta=0.0)
-    assert sorted(located.lafns) == [3]
+    assert sorted(located.lafns) == [2]
     assert located.per_language["en"][1].numel() == 0

@@ -19,10 +19,12 @@ from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
 from mkedit.methods.lu_lafns import LuLafnEditor, get_preset, preset_for
+from mkedit.methods.lu_lafns.editor import edit_id_for
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
 from mkedit.runtime.cache import INDEX_FILE, EditCache
 from mkedit.runtime.edited_model import EditedModel
+from mkedit.types import EditGroup
 
 app = typer.Typer(help="Multilingual knowledge editing with language-agnostic factual neurons (LU-LAFNs).")
 app.add_typer(data_app, name="data")
@@ -100,9 +102,7 @@ def edit(
     console.print(f"{len(cache)} edit(s) in {out}")
 
 
-def _already_cached(cache: EditCache, group) -> bool:
-    from mkedit.methods.lu_lafns.editor import edit_id_for
-
+def _already_cached(cache: EditCache, group: EditGroup) -> bool:
     edit_id = edit_id_for(group)
     if edit_id not in cache:
         return False

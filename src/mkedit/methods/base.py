@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mkedit.runtime.cache import CachedEdit
+from mkedit.runtime.cache import CachedEdit, EditCache
 from mkedit.types import EditGroup
 
 
@@ -13,4 +13,8 @@ class Editor(Protocol):
 
     def edit(self, group: EditGroup) -> CachedEdit:
         """Compute the edit for ``group`` without changing the model's weights."""
+        ...
+
+    def new_cache(self) -> EditCache:
+        """An empty cache bound to this editor's model and configuration."""
         ...

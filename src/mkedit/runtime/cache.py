@@ -61,6 +61,7 @@ class EditCache:
         self.method_config = method_config
         self.site: NeuronSite = site
         self._edits: dict[str, CachedEdit] = {}
+        self.version = 0  # bumped on every change, so views of the cache know to refresh
 
     # --- collection -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -88,10 +89,13 @@ class EditCache:
             log.warning("edit %s replaces cached edit %s (shared subjects: %s)", edit.edit_id, old_id, shared)
             del self._edits[old_id]
         self._edits[edit.edit_id] = edit
+        self.version += 1
         return replaced
 
     def remove(self, edit_id: str) -> CachedEdit:
-        return self._edits.pop(self.get(edit_id).edit_id)
+        removed = self._edits.pop(self.get(edit_id).edit_id)
+        self.version += 1
+        return removed
 
     def updates(self) -> NeuronUpdates:
         """Per edit id, per layer, the (indices, values) the runtime adds."""

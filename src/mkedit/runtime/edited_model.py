@@ -47,7 +47,19 @@ class EditedModel:
         self.tokenizer = tokenizer
         self.cache = cache
         self.adapter = get_adapter(model)
-        self.matcher = matcher or ExactMatcher(cache.subject_entries())
+        self._custom_matcher = matcher
+        self._matcher: SubjectMatcher | None = None
+        self._matcher_version = -1
+
+    @property
+    def matcher(self) -> SubjectMatcher:
+        """The caller's matcher, or an exact matcher rebuilt whenever the cache has changed."""
+        if self._custom_matcher is not None:
+            return self._custom_matcher
+        if self._matcher is None or self._matcher_version != self.cache.version:
+            self._matcher = ExactMatcher(self.cache.subject_entries())
+            self._matcher_version = self.cache.version
+        return self._matcher
 
     def placements(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -1,0 +1,238 @@
+"""Edit cache persistence: exact round trip, refusal of foreign models and damaged files, atomic saves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import mkedit.runtime.cache as cache_module
+from conftest import build_tiny_model
+from mkedit.errors import CacheError
+from mkedit.models.fingerprint import model_fingerprint
+from mkedit.runtime.cache import INDEX_FILE, CachedEdit, EditCache
+
+MODEL_NAME = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_tiny_model("llama", seed=0)
+
+
+def make_edit(
+    edit_id: str, subjects: dict[str, list[str]], layers: tuple[int, ...] = (1, 3), seed: int = 0
+) -> CachedEdit:
+    g = torch.Generator().manual_seed(seed)
+    deltas = {
+        layer: (torch.randperm(128, generator=g)[:5].sort().values, torch.randn(5, generator=g)) for layer in layers
+    }
+    info = {"langs": sorted(subjects), "answers": {"en": "Boris", "zh": "鲍里斯"}, "steps": 7, "final_nll": 0.25}
+    return CachedEdit(edit_id, subjects, deltas, info)
+
+
+def make_cache(model: torch.nn.Module) -> EditCache:
+    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {"beta": 0.1, "layers": [1, 3]}, "act_fn")
+    cache.add(make_edit("e1", {"en": ["Russia"], "zh": ["俄罗斯"]}, seed=1))
+    cache.add(make_edit("e2", {"en": ["Volvo B12M"], "cs": ["Volvo B12M", "Volva B12M"]}, layers=(2,), seed=2))
+    return cache
+
+
+def assert_same_cache(a: EditCache, b: EditCache) -> None:
+    assert a.fingerprint == b.fingerprint
+    assert (a.method, a.method_config, a.site) == (b.method, b.method_config, b.site)
+    assert [e.edit_id for e in a] == [e.edit_id for e in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.subjects == y.subjects
+        assert x.info == y.info
+        assert sorted(x.deltas) == sorted(y.deltas)
+        for layer in x.deltas:
+            assert torch.equal(x.deltas[layer][0], y.deltas[layer][0])
+            assert torch.equal(x.deltas[layer][1], y.deltas[layer][1])
+            assert y.deltas[layer][0].dtype == torch.long
+            assert y.deltas[layer][1].dtype == torch.float32
+
+
+def test_round_trip_preserves_everything(model, tmp_path: Path) -> None:
+    """Ids, subjects (Chinese included), neuron indices, values, info, site and fingerprint survive save/load."""
+    cache = make_cache(model)
+    folder = cache.save(tmp_path / "cache")
+    loaded = EditCache.load(folder)
+    assert_same_cache(cache, loaded)
+    assert loaded.subject_entries() == cache.subject_entries()
+    assert set(loaded.updates()) == {"e1", "e2"}
+    assert "俄罗斯" in (folder / INDEX_FILE).read_text(encoding="utf-8")
+
+
+def test_resave_replaces_tensors_file_and_keeps_one(model, tmp_path: Path) -> None:
+    """Saving again after a change writes a new tensors file and removes the stale one."""
+    cache = make_cache(model)
+    folder = cache.save(tmp_path / "cache")
+    cache.remove("e2")
+    cache.save(folder)
+    assert len(list(folder.glob("deltas-*.safetensors"))) == 1
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob("*staging*"))
+    assert [e.edit_id for e in EditCache.load(folder)] == ["e1"]
+
+
+def test_load_with_same_model_passes(model, tmp_path: Path) -> None:
+    """The model the cache was made for (even under another name) is accepted."""
+    folder = make_cache(model).save(tmp_path / "cache")
+    EditCache.load(folder, model=model)
+    EditCache.load(folder, model=model, model_name="/some/path/to/tiny-llama")
+
+
+def test_load_with_other_model_raises(model, tmp_path: Path) -> None:
+    """A model with other weights (another seed) is refused with a message naming both models."""
+    folder = make_cache(model).save(tmp_path / "cache")
+    other = build_tiny_model("llama", seed=1)
+    with pytest.raises(CacheError, match=r"made for model 'tiny-llama'.*not for the loaded model"):
+        EditCache.load(folder, model=other)
+    with pytest.raises(CacheError, match="model"):
+        EditCache.load(folder).check_model(build_tiny_model("qwen2"))
+
+
+def _tensors_file(folder: Path) -> Path:
+    (path,) = folder.glob("deltas-*.safetensors")
+    return path
+
+
+def test_corrupt_tensors_raise(model, tmp_path: Path) -> None:
+    """One flipped byte in the tensors file is caught by its sha256."""
+    folder = make_cache(model).save(tmp_path / "cache")
+    path = _tensors_file(folder)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="corrupt"):
+        EditCache.load(folder)
+
+
+def test_truncated_tensors_raise(model, tmp_path: Path) -> None:
+    folder = make_cache(model).save(tmp_path / "cache")
+    path = _tensors_file(folder)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CacheError, match="corrupt"):
+        EditCache.load(folder)
+
+
+def test_missing_tensors_file_raises(model, tmp_path: Path) -> None:
+    folder = make_cache(model).save(tmp_path / "cache")
+    _tensors_file(folder).unlink()
+    with pytest.raises(CacheError, match="missing"):
+        EditCache.load(folder)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda text: text[: len(text) // 2], id="truncated"),
+        pytest.param(lambda text: "", id="empty"),
+        pytest.param(lambda text: "[1, 2, 3]", id="not-an-object"),
+        pytest.param(lambda text: json.dumps({"format": "something-else"}), id="other-format"),
+        pytest.param(lambda text: text.replace('"version": 1', '"version": 99'), id="future-version"),
+        pytest.param(lambda text: text.replace('"tensors_sha256"', '"sha"'), id="missing-field"),
+        pytest.param(lambda text: text.replace('"config_hash"', '"hash"'), id="bad-fingerprint"),
+        pytest.param(lambda text: text.replace('"layers": [\n        2\n      ]', '"layers": [5]'), id="unknown-layer"),
+        pytest.param(lambda text: text.replace('"edits": [', '"edits": [7, '), id="bad-record"),
+    ],
+)
+def test_invalid_index_raises(model, tmp_path: Path, damage) -> None:
+    """A truncated, foreign or inconsistent ``cache.json`` is a CacheError, never a raw exception."""
+    folder = make_cache(model).save(tmp_path / "cache")
+    index = folder / INDEX_FILE
+    text = index.read_text(encoding="utf-8")
+    damaged = damage(text)
+    assert damaged != text
+    index.write_text(damaged, encoding="utf-8")
+    with pytest.raises(CacheError):
+        EditCache.load(folder)
+
+
+def test_invalid_utf8_index_raises(model, tmp_path: Path) -> None:
+    folder = make_cache(model).save(tmp_path / "cache")
+    (folder / INDEX_FILE).write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(CacheError):
+        EditCache.load(folder)
+
+
+def test_missing_folder_raises(tmp_path: Path) -> None:
+    """A folder that does not exist (or holds no cache.json) is a CacheError naming it."""
+    with pytest.raises(CacheError, match="not an mkedit edit cache"):
+        EditCache.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CacheError, match="empty"):
+        EditCache.load(tmp_path / "empty")
+
+
+def test_adding_a_cached_subject_replaces_the_old_edit(model) -> None:
+    """A new edit sharing any subject with a cached one replaces it; ``add`` returns the replaced ids."""
+    cache = make_cache(model)
+    assert cache.add(make_edit("e3", {"de": ["Russland"], "zh": ["俄罗斯"]})) == ["e1"]
+    assert [e.edit_id for e in cache] == ["e2", "e3"]
+    assert "e1" not in cache
+    assert cache.add(make_edit("e4", {"en": ["Mars"]})) == []
+    assert len(cache) == 3
+    # same id, new subjects: replaced too
+    assert cache.add(make_edit("e4", {"en": ["Venus"]})) == ["e4"]
+    assert cache.get("e4").subjects == {"en": ["Venus"]}
+    # one edit can replace several
+    assert sorted(cache.add(make_edit("e5", {"en": ["Venus"], "cs": ["Volva B12M"]}))) == ["e2", "e4"]
+    assert [e.edit_id for e in cache] == ["e3", "e5"]
+    with pytest.raises(KeyError, match="nope"):
+        cache.get("nope")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_tensor_write_keeps_previous_cache(model, tmp_path: Path, monkeypatch) -> None:
+    """A crash half-way through writing the tensors leaves the saved cache loadable and byte-identical."""
+    cache = make_cache(model)
+    folder = cache.save(tmp_path / "cache")
+    before = _snapshot(folder)
+
+    def crash(tensors: dict, filename: str) -> None:
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_module, "save_file", crash)
+    cache.add(make_edit("e9", {"en": ["Mars"]}))
+    with pytest.raises(OSError, match="disk full"):
+        cache.save(folder)
+    monkeypatch.undo()
+    assert _snapshot(folder) == before
+    assert_same_cache(make_cache(model), EditCache.load(folder, model=model))
+
+
+def test_interrupted_index_write_keeps_previous_cache(model, tmp_path: Path, monkeypatch) -> None:
+    """A crash half-way through writing ``cache.json`` leaves the previous cache loadable and unchanged."""
+    cache = make_cache(model)
+    folder = cache.save(tmp_path / "cache")
+    before = _snapshot(folder)
+
+    def crash(path: Path, obj: object) -> None:
+        def write_half(tmp: Path) -> None:
+            text = json.dumps(obj)
+            tmp.write_text(text[: len(text) // 2])
+            raise OSError("killed")
+
+        cache_module.write_atomic(path, write_half)
+
+    monkeypatch.setattr(cache_module, "write_json_atomic", crash)
+    cache.add(make_edit("e9", {"en": ["Mars"]}, seed=9))
+    with pytest.raises(OSError, match="killed"):
+        cache.save(folder)
+    monkeypatch.undo()
+    assert (folder / INDEX_FILE).read_bytes() == before[INDEX_FILE]
+    for name, data in before.items():
+        assert (folder / name).read_bytes() == data
+    assert not list(folder.glob("*.tmp"))
+    assert_same_cache(make_cache(model), EditCache.load(folder, model=model))
+    # the next successful save recovers fully and leaves a single tensors file
+    cache.save(folder)
+    assert len(list(folder.glob("deltas-*.safetensors"))) == 1
+    assert "e9" in EditCache.load(folder, model=model)
