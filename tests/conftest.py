@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,9 +30,7 @@ def tiny_config(family: str) -> PretrainedConfig:
     if family == "qwen2":
         return Qwen2Config(num_attention_heads=4, num_key_value_heads=2, **TINY)
     if family == "gemma3":
-        return Gemma3TextConfig(
-            num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16, **TINY
-        )
+        return Gemma3TextConfig(num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16, **TINY)
     if family == "bloom":
         return BloomConfig(hidden_size=64, n_layer=4, n_head=4, vocab_size=320)
     if family == "gpt2":
@@ -63,6 +62,18 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tiny models run several times faster on one thread; real-model (slow) tests keep them all."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=FAMILIES)

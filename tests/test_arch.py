@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -16,16 +14,6 @@ from mkedit.arch.gated import GatedFFNAdapter
 from mkedit.arch.gpt2 import GPT2Adapter
 from mkedit.arch.hooks import capture_site_values
 from mkedit.errors import MkeditError, UnsupportedArchitectureError
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread (and the CI machine has two, shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 EXPECTED_ADAPTER = {
     "llama": GatedFFNAdapter,

@@ -77,6 +77,20 @@ def test_resave_replaces_tensors_file_and_keeps_one(model, tmp_path: Path) -> No
     assert [e.edit_id for e in EditCache.load(folder)] == ["e1"]
 
 
+@pytest.mark.parametrize("sharing", ["same-tensor", "views"])
+def test_save_edit_whose_tensors_share_memory(model, tmp_path: Path, sharing: str) -> None:
+    """Index tensors shared between layers (one object, or views of one tensor) are valid input to ``save``."""
+    idx = torch.arange(10)
+    if sharing == "same-tensor":
+        deltas = {1: (idx, torch.ones(10)), 2: (idx, torch.zeros(10))}
+    else:
+        deltas = {1: (idx, torch.ones(10)), 2: (idx[:5], torch.zeros(5))}  # overlapping views
+    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {}, "act_fn")
+    cache.add(CachedEdit("e1", {"en": ["Russia"]}, deltas))
+    loaded = EditCache.load(cache.save(tmp_path / "cache"))
+    assert_same_cache(cache, loaded)
+
+
 def test_load_with_same_model_passes(model, tmp_path: Path) -> None:
     """The model the cache was made for (even under another name) is accepted."""
     folder = make_cache(model).save(tmp_path / "cache")

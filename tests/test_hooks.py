@@ -15,16 +15,6 @@ from mkedit.arch.hooks import ActivationCounter, Placement, capture_site_values,
 from mkedit.arch.replay import capture_block_output, replaying
 from mkedit.methods.lu_lafns.locate import count_activations, intersect, select_neurons
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread (and the CI machine has two, shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LENGTHS = (7, 11)  # two rows of different lengths
 
 

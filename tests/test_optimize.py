@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer, tiny_config
 from mkedit.arch import get_adapter
-from mkedit.arch.hooks import capture_site_values
+from mkedit.arch.hooks import Placement, capture_site_values, neuron_updates
 from mkedit.errors import MkeditError
 from mkedit.methods.lu_lafns.batch import EDIT_KEY, TrainSequence, sequences_for_request, to_tensor_batch
 from mkedit.methods.lu_lafns.config import LuLafnConfig
 from mkedit.methods.lu_lafns.locate import intersect, locate_lafns, select_neurons
 from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta, read_logprobs
 from mkedit.types import EditGroup, EditRequest
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread (and the CI machine has two, shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # Not the last layer: ΔV sits at the subject's last token, and after the last block nothing carries it to
 # the answer positions, so a last-layer update gets no gradient unless the subject ends the prompt.
@@ -101,13 +89,15 @@ def test_speed_switches_do_not_change_the_objective(family: str) -> None:
         torch.testing.assert_close(on.deltas[layer], off.deltas[layer], rtol=1e-3, atol=1e-5)
 
 
-def _loss_and_grads(adapter, sequences, lafns, cfg: LuLafnConfig) -> tuple[float, dict[int, torch.Tensor]]:
+def _loss_and_grads(
+    adapter, sequences, lafns, cfg: LuLafnConfig, scale: float = 0.5
+) -> tuple[float, dict[int, torch.Tensor]]:
     """The objective and its gradient at a fixed non-zero ΔV, computed as ``optimize_delta`` does."""
     layers = sorted(lafns)
     n_target = sum(s.kind == "target" for s in sequences)
     groups = [list(sequences)] if cfg.batch_sequences else [[s] for s in sequences]
     g = torch.Generator().manual_seed(11)
-    deltas = {layer: (0.5 * torch.randn(lafns[layer].numel(), generator=g)).requires_grad_() for layer in layers}
+    deltas = {layer: (scale * torch.randn(lafns[layer].numel(), generator=g)).requires_grad_() for layer in layers}
     updates = {EDIT_KEY: {layer: (lafns[layer], deltas[layer]) for layer in layers}}
     total = 0.0
     for group in groups:
@@ -143,6 +133,44 @@ def test_each_speed_switch_same_loss_and_gradient_at_nonzero_delta(family: str) 
         assert loss == pytest.approx(ref_loss, rel=1e-4), name
         for layer in LAYERS:
             torch.testing.assert_close(grads[layer], ref_grads[layer], rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["llama", "bloom"])
+def test_objective_matches_hand_computation(family: str) -> None:
+    """Eq. 8-10 by hand, one sequence at a time: λ1 · mean over target sequences of the mean answer-token NLL
+    + λ2 · mean over KL prompts of KL(P_base || P_edit) at the prompt's last token, ΔV at the subject token."""
+    model = peaky_model(family)
+    adapter = get_adapter(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # plus a KL prompt that ends with its subject: ΔV then acts on the KL position directly, and with peaky
+    # logits and a large ΔV, KL(base || edit) clearly differs from KL(edit || base)
+    subject_last = tuple(build_tiny_tokenizer()("Russia")["input_ids"])
+    sequences = [*training_sequences(), TrainSequence(subject_last, len(subject_last) - 1, "kl")]
+    lafns = random_lafns(adapter.d_ffn)
+    scale = 3.0
+    nll_only, _ = _loss_and_grads(adapter, sequences, lafns, config(lambda_target=0.7, lambda_kl=0.0), scale)
+    kl_only, _ = _loss_and_grads(adapter, sequences, lafns, config(lambda_target=0.0, lambda_kl=0.5), scale)
+
+    g = torch.Generator().manual_seed(11)  # the same ΔV as _loss_and_grads draws
+    deltas = {layer: scale * torch.randn(lafns[layer].numel(), generator=g) for layer in sorted(lafns)}
+    updates = {"k": {layer: (lafns[layer], deltas[layer]) for layer in deltas}}
+    nlls, kls, reverse_kls = [], [], []
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.tensor([seq.input_ids])
+            with neuron_updates(adapter, updates, [Placement(0, seq.subject_pos, "k")]):
+                edited = model(input_ids=ids).logits[0].log_softmax(-1)
+            if seq.kind == "target":
+                answer = range(seq.answer_start, len(seq.input_ids))
+                nlls.append(-sum(float(edited[p - 1, seq.input_ids[p]]) for p in answer) / len(answer))
+            else:
+                base = model(input_ids=ids).logits[0, -1].log_softmax(-1)
+                kls.append(float((base.exp() * (base - edited[-1])).sum()))
+                reverse_kls.append(float((edited[-1].exp() * (edited[-1] - base)).sum()))
+    assert nll_only == pytest.approx(0.7 * sum(nlls) / len(nlls), rel=1e-4)
+    assert kl_only == pytest.approx(0.5 * sum(kls) / len(kls), rel=1e-3)
+    assert sum(reverse_kls) != pytest.approx(sum(kls), rel=0.05), "the check must tell the two KL directions apart"
 
 
 def _hand_bounds(adapter, sequences, lafns, ratio: float) -> dict[int, float]:

@@ -27,4 +27,6 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n"))
+    write_atomic(
+        path, lambda tmp: tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    )

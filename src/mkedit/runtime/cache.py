@@ -125,8 +125,8 @@ class EditCache:
         tensors: dict[str, torch.Tensor] = {}
         for edit in self._edits.values():
             for layer, (idx, val) in edit.deltas.items():
-                tensors[f"{edit.edit_id}/{layer}/idx"] = idx.detach().to("cpu", torch.long).contiguous()
-                tensors[f"{edit.edit_id}/{layer}/val"] = val.detach().to("cpu", torch.float32).contiguous()
+                tensors[f"{edit.edit_id}/{layer}/idx"] = idx.detach().to("cpu", torch.long).contiguous().clone()
+                tensors[f"{edit.edit_id}/{layer}/val"] = val.detach().to("cpu", torch.float32).contiguous().clone()
         blob_holder: dict[str, bytes] = {}
 
         def write_tensors(tmp: Path) -> None:
@@ -166,7 +166,7 @@ class EditCache:
         if not index_path.is_file():
             raise CacheError(f"{folder} is not an mkedit edit cache (no {INDEX_FILE})")
         try:
-            index = json.loads(index_path.read_text())
+            index = json.loads(index_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CacheError(f"{index_path} is corrupt: {exc}") from exc
         if not isinstance(index, dict) or index.get("format") != FORMAT:

@@ -98,7 +98,16 @@ class EditedModel:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        with self.applying(input_ids, attention_mask):
+        """HF ``generate`` with edits. Beams and several return sequences repeat each row ``copies``
+        times inside ``generate``, so each placement is repeated for every copy of its row."""
+        config = kwargs.get("generation_config") or self.model.generation_config
+        copies = max(
+            int(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1),
+            int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1),
+        )
+        placements, _ = self.placements(input_ids, attention_mask)
+        expanded = [Placement(p.row * copies + j, p.pos, p.key) for p in placements for j in range(copies)]
+        with neuron_updates(self.adapter, self.cache.updates(), expanded, self.cache.site):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()

@@ -42,9 +42,9 @@ def read_logprobs(
     """Log-probabilities ``[n, vocab]`` at ``(rows, pos)``. With ``full_logits=False`` the output head
     runs only at those positions instead of everywhere."""
     if full_logits:
-        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         return F.log_softmax(logits[rows, pos].float(), dim=-1)
-    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     return F.log_softmax(adapter.logits_from_hidden(hidden.last_hidden_state[rows, pos]).float(), dim=-1)
 
 
