@@ -298,8 +298,10 @@ class SpyEditedModel(EditedModel):
     calls: ClassVar[list[tuple[str, list[str], int]]] = []
 
     @contextmanager
-    def applying(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[Any]:
-        with super().applying(input_ids, attention_mask) as applied:
+    def applying(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, copies: int = 1
+    ) -> Iterator[Any]:
+        with super().applying(input_ids, attention_mask, copies) as applied:
             for row in range(input_ids.shape[0]):
                 ids = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -86,10 +86,12 @@ class EditedModel:
 
     @contextmanager
     def applying(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, copies: int = 1
     ) -> Iterator[list[list[str]]]:
-        """Forwards inside see the edits matched in this batch; yields the edit ids per row."""
+        """Forwards inside see the edits matched in this batch; yields the edit ids per row. With
+        ``copies`` > 1 the forwards see each row repeated that many times in a row (beams)."""
         placements, applied = self.placements(input_ids, attention_mask)
+        placements = [Placement(p.row * copies + j, p.pos, p.key) for p in placements for j in range(copies)]
         with neuron_updates(self.adapter, self.cache.updates(), placements, self.cache.site):
             yield applied
 
@@ -105,9 +107,7 @@ class EditedModel:
             int(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1),
             int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1),
         )
-        placements, _ = self.placements(input_ids, attention_mask)
-        expanded = [Placement(p.row * copies + j, p.pos, p.key) for p in placements for j in range(copies)]
-        with neuron_updates(self.adapter, self.cache.updates(), expanded, self.cache.site):
+        with self.applying(input_ids, attention_mask, copies=copies):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
