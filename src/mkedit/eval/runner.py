@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -60,6 +60,7 @@ from mkedit.eval.report import (
     write_heatmap,
     write_json_atomic,
 )
+from mkedit.methods.base import Editor
 from mkedit.runtime.cache import INDEX_FILE, CachedEdit, EditCache
 from mkedit.runtime.edited_model import EditedModel
 from mkedit.types import BenchmarkRecord, EditGroup
@@ -106,16 +107,7 @@ class RunMismatchError(MkeditError, ValueError):
     """The output directory holds a different run, so resuming into it would mix results."""
 
 
-class EvalEditor(Protocol):
-    """What the runner needs from a method: edits, and an empty cache bound to the same model.
-
-    :class:`mkedit.methods.base.Editor` has only ``edit``; ``new_cache`` is needed as well, because the
-    runtime applies edits through an :class:`EditCache` whose site and fingerprint the method decides.
-    """
-
-    def edit(self, group: EditGroup) -> CachedEdit: ...
-
-    def new_cache(self) -> EditCache: ...
+EvalEditor = Editor  # what the runner needs from a method: ``edit`` and ``new_cache``
 
 
 def _langs_tuple(langs: Sequence[str] | str | None, what: str) -> tuple[str, ...] | None:

@@ -74,10 +74,12 @@ class EditedModel:
                 else list(range(input_ids.shape[1]))
             )
             row_edits: list[str] = []
-            if real:
-                ids = input_ids[row, real].tolist()
-                text, spans = token_char_spans(self.tokenizer, ids)
-                for match in self.matcher.find(text):
+            ids = input_ids[row, real].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            matches = self.matcher.find(text) if real else []
+            if matches:  # token spans cost a decode per token: only worth it when a subject is present
+                _, spans = token_char_spans(self.tokenizer, ids)
+                for match in matches:
                     pos = real[last_token_index(spans, match.end)]
                     placements.append(Placement(row, pos, match.edit_id))
                     row_edits.append(match.edit_id)
