@@ -12,7 +12,8 @@ import mkedit.runtime.cache as cache_module
 from conftest import build_tiny_model
 from mkedit.errors import CacheError
 from mkedit.models.fingerprint import model_fingerprint
-from mkedit.runtime.cache import INDEX_FILE, CachedEdit, EditCache
+from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
+from mkedit.runtime.edited_model import neuron_deltas, neuron_tensors
 
 MODEL_NAME = "tiny-llama"
 
@@ -22,19 +23,19 @@ def model() -> torch.nn.Module:
     return build_tiny_model("llama", seed=0)
 
 
-def make_edit(
-    edit_id: str, subjects: dict[str, list[str]], layers: tuple[int, ...] = (1, 3), seed: int = 0
-) -> CachedEdit:
+def make_edit(edit_id: str, subjects: dict[str, list[str]], layers: tuple[int, ...] = (1, 3), seed: int = 0) -> Edit:
     g = torch.Generator().manual_seed(seed)
     deltas = {
         layer: (torch.randperm(128, generator=g)[:5].sort().values, torch.randn(5, generator=g)) for layer in layers
     }
     info = {"langs": sorted(subjects), "answers": {"en": "Boris", "zh": "鲍里斯"}, "steps": 7, "final_nll": 0.25}
-    return CachedEdit(edit_id, subjects, deltas, info)
+    return Edit(edit_id, subjects, neuron_tensors(deltas), info)
 
 
 def make_cache(model: torch.nn.Module) -> EditCache:
-    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {"beta": 0.1, "layers": [1, 3]}, "act_fn")
+    cache = EditCache(
+        model_fingerprint(model, MODEL_NAME), "lu-lafns", {"beta": 0.1, "layers": [1, 3], "site": "act_fn"}
+    )
     cache.add(make_edit("e1", {"en": ["Russia"], "zh": ["俄罗斯"]}, seed=1))
     cache.add(make_edit("e2", {"en": ["Volvo B12M"], "cs": ["Volvo B12M", "Volva B12M"]}, layers=(2,), seed=2))
     return cache
@@ -42,17 +43,18 @@ def make_cache(model: torch.nn.Module) -> EditCache:
 
 def assert_same_cache(a: EditCache, b: EditCache) -> None:
     assert a.fingerprint == b.fingerprint
-    assert (a.method, a.method_config, a.site) == (b.method, b.method_config, b.site)
+    assert (a.method, a.method_config) == (b.method, b.method_config)
     assert [e.edit_id for e in a] == [e.edit_id for e in b]
     for x, y in zip(a, b, strict=True):
         assert x.subjects == y.subjects
         assert x.info == y.info
-        assert sorted(x.deltas) == sorted(y.deltas)
-        for layer in x.deltas:
-            assert torch.equal(x.deltas[layer][0], y.deltas[layer][0])
-            assert torch.equal(x.deltas[layer][1], y.deltas[layer][1])
-            assert y.deltas[layer][0].dtype == torch.long
-            assert y.deltas[layer][1].dtype == torch.float32
+        xd, yd = neuron_deltas(x), neuron_deltas(y)
+        assert sorted(xd) == sorted(yd)
+        for layer in xd:
+            assert torch.equal(xd[layer][0], yd[layer][0])
+            assert torch.equal(xd[layer][1], yd[layer][1])
+            assert yd[layer][0].dtype == torch.long
+            assert yd[layer][1].dtype == torch.float32
 
 
 def test_round_trip_preserves_everything(model, tmp_path: Path) -> None:
@@ -62,7 +64,7 @@ def test_round_trip_preserves_everything(model, tmp_path: Path) -> None:
     loaded = EditCache.load(folder)
     assert_same_cache(cache, loaded)
     assert loaded.subject_entries() == cache.subject_entries()
-    assert set(loaded.updates()) == {"e1", "e2"}
+    assert {e.edit_id for e in loaded} == {"e1", "e2"}
     assert "俄罗斯" in (folder / INDEX_FILE).read_text(encoding="utf-8")
 
 
@@ -85,8 +87,8 @@ def test_save_edit_whose_tensors_share_memory(model, tmp_path: Path, sharing: st
         deltas = {1: (idx, torch.ones(10)), 2: (idx, torch.zeros(10))}
     else:
         deltas = {1: (idx, torch.ones(10)), 2: (idx[:5], torch.zeros(5))}  # overlapping views
-    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {}, "act_fn")
-    cache.add(CachedEdit("e1", {"en": ["Russia"]}, deltas))
+    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {"site": "act_fn"})
+    cache.add(Edit("e1", {"en": ["Russia"]}, neuron_tensors(deltas)))
     loaded = EditCache.load(cache.save(tmp_path / "cache"))
     assert_same_cache(cache, loaded)
 
@@ -146,10 +148,10 @@ def test_missing_tensors_file_raises(model, tmp_path: Path) -> None:
         pytest.param(lambda text: "", id="empty"),
         pytest.param(lambda text: "[1, 2, 3]", id="not-an-object"),
         pytest.param(lambda text: json.dumps({"format": "something-else"}), id="other-format"),
-        pytest.param(lambda text: text.replace('"version": 1', '"version": 99'), id="future-version"),
+        pytest.param(lambda text: text.replace('"version": 2', '"version": 99'), id="future-version"),
         pytest.param(lambda text: text.replace('"tensors_sha256"', '"sha"'), id="missing-field"),
         pytest.param(lambda text: text.replace('"config_hash"', '"hash"'), id="bad-fingerprint"),
-        pytest.param(lambda text: text.replace('"layers": [\n        2\n      ]', '"layers": [5]'), id="unknown-layer"),
+        pytest.param(lambda text: text.replace('"2/idx"', '"5/idx"'), id="unknown-layer"),
         pytest.param(lambda text: text.replace('"edits": [', '"edits": [7, '), id="bad-record"),
     ],
 )

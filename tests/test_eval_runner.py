@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,11 +27,12 @@ from mkedit.eval.runner import (
     run_evaluation,
 )
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
-from mkedit.runtime.cache import CachedEdit, EditCache
-from mkedit.runtime.edited_model import EditedModel
+from mkedit.runtime.cache import Edit, EditCache
+from mkedit.runtime.edited_model import EditedModel, neuron_tensors
 from mkedit.types import EditGroup
 
-TINY_CONFIG = LuLafnConfig(layers=(1, 2), max_steps=2, num_prefixes=1)
+TINY_SETTINGS = {"layers": "1,2", "max_steps": "2", "num_prefixes": "1"}
+TINY_CONFIG = LuLafnConfig().with_overrides(TINY_SETTINGS)
 MODEL_NAME = "tiny-qwen2"
 
 
@@ -129,19 +130,16 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-class CountingEditor:
+class CountingEditor(LuLafnEditor):
     """An LU-LAFNs editor that counts its edits (to see what a resumed run recomputes)."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.inner = LuLafnEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME)
+        super().__init__(model, tokenizer, TINY_CONFIG, MODEL_NAME)
         self.groups: list[EditGroup] = []
 
-    def edit(self, group: EditGroup) -> CachedEdit:
+    def edit(self, group: EditGroup) -> Edit:
         self.groups.append(group)
-        return self.inner.edit(group)
-
-    def new_cache(self) -> EditCache:
-        return self.inner.new_cache()
+        return super().edit(group)
 
 
 def _run(tiny: Any, data_file: Path, out: Path, limit: int | None = 3, **overrides: Any) -> tuple[dict, CountingEditor]:
@@ -278,18 +276,18 @@ def test_cross_lingual_setting_edits_one_language_and_tests_others(tiny: Any, da
         _run(tiny, data_file, tmp_path / "x", setting="cross-lingual", edit_langs=("fr",))
 
 
-class StubEditor:
-    """A stub method (no optimisation): a fixed ΔV on layer 1, triggered by the group's subjects."""
+class StubEditor(LuLafnEditor):
+    """A stub method (no optimisation): a fixed ΔV on layer 1, triggered by the group's subjects; its view
+    is a :class:`SpyEditedModel`."""
 
-    def __init__(self, inner: LuLafnEditor) -> None:
-        self.inner = inner
-
-    def edit(self, group: EditGroup) -> CachedEdit:
+    def edit(self, group: EditGroup) -> Edit:
         subjects = {r.lang: [r.subject] for r in group.requests}
-        return CachedEdit(group.group_id, subjects, {1: (torch.arange(128), torch.full((128,), 3.0))})
+        deltas = {1: (torch.arange(128), torch.full((128,), 3.0))}
+        return Edit(group.group_id, subjects, neuron_tensors(deltas), {}, self.name)
 
-    def new_cache(self) -> EditCache:
-        return self.inner.new_cache()
+    @contextmanager
+    def applied(self, edits: Sequence[Edit]) -> Iterator[SpyEditedModel]:
+        yield SpyEditedModel(self.model, self.tokenizer, list(edits), site=self.config.site)
 
 
 class SpyEditedModel(EditedModel):
@@ -305,7 +303,7 @@ class SpyEditedModel(EditedModel):
             for row in range(input_ids.shape[0]):
                 ids = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                SpyEditedModel.calls.append((text, sorted(applied[row]), len(self.cache)))
+                SpyEditedModel.calls.append((text, sorted(applied[row]), len(list(self.edits))))
             yield applied
 
 
@@ -313,14 +311,11 @@ class SpyEditedModel(EditedModel):
 def test_each_record_is_tested_with_its_own_edit_in_force(
     tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sequential: bool
 ) -> None:
-    import mkedit.eval.runner as runner_module
-
     model, tokenizer = tiny
-    monkeypatch.setattr(runner_module, "EditedModel", SpyEditedModel)
     monkeypatch.setattr(SpyEditedModel, "calls", [])
     records = load_records(data_file, ["en", "zh"], 2)
     config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=2, sequential=sequential)
-    editor = StubEditor(LuLafnEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME))
+    editor = StubEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME)
     run_evaluation(model, tokenizer, MODEL_NAME, records, config, tmp_path, editor)
 
     expected: dict[str, list[str]] = {}  # prompt -> edits that must be in force on it
@@ -361,26 +356,34 @@ def test_truncated_or_damaged_rows(tmp_path: Path) -> None:
 
 
 def test_cli_eval_end_to_end(tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mkedit import cli_eval
     from mkedit.cli import app
 
     model, tokenizer = tiny
     folder = tmp_path / "tiny-model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    monkeypatch.setitem(
-        cli_eval.METHODS,
-        "lu-lafns",
-        lambda m, tok, name, preset: LuLafnEditor(m, tok, TINY_CONFIG, name),
-    )
     runner = CliRunner()
     out = tmp_path / "run"
-    args = ["eval", "--model", str(folder), "--data", str(data_file), "--langs", "en,zh", "--limit", "1"]
+    tiny_settings = [f"--set={key}={value}" for key, value in TINY_SETTINGS.items()]
+    args = [
+        "eval",
+        "--model",
+        str(folder),
+        "--data",
+        str(data_file),
+        "--langs",
+        "en,zh",
+        "--limit",
+        "1",
+        *tiny_settings,
+    ]
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Teacher-forced F1 / EM" in result.output
     summary = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert summary["n_records"] == 1 and summary["langs"] == ["en", "zh"]
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert run["method_config"]["max_steps"] == TINY_CONFIG.max_steps  # the values in force are recorded
 
     unknown = runner.invoke(app, [*args, "--method", "rome", "--out", str(tmp_path / "r")])
     assert unknown.exit_code == 1 and "unknown method 'rome'" in unknown.output and "lu-lafns" in unknown.output

@@ -9,12 +9,12 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.arch import get_adapter
 from mkedit.arch.hooks import Placement, neuron_updates
 from mkedit.errors import CacheError, SubjectNotFoundError
+from mkedit.methods.base import edit_id_for
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.methods.lu_lafns.batch import encode_with_subject, shift
-from mkedit.methods.lu_lafns.editor import edit_id_for
 from mkedit.models.fingerprint import model_fingerprint
-from mkedit.runtime.cache import CachedEdit, EditCache
-from mkedit.runtime.edited_model import EditedModel
+from mkedit.runtime.cache import Edit, EditCache
+from mkedit.runtime.edited_model import EditedModel, neuron_deltas, neuron_tensors
 from mkedit.runtime.matcher import ExactMatcher, SubjectMatch
 from mkedit.runtime.subject import find_subject, last_token_index, locate_subject
 from mkedit.runtime.tokens import token_char_spans
@@ -129,17 +129,17 @@ def test_last_token_index() -> None:
 SUBJECTS = {"en": ["Russia"], "cs": ["Ruská federace", "Ruské federace"], "zh": ["俄罗斯"]}
 
 
-def _cache(model: torch.nn.Module, *edits: CachedEdit) -> EditCache:
-    cache = EditCache(model_fingerprint(model, "tiny"), "lu-lafns", {}, "act_fn")
+def _cache(model: torch.nn.Module, *edits: Edit) -> EditCache:
+    cache = EditCache(model_fingerprint(model, "tiny"), "lu-lafns", {"site": "act_fn"})
     for edit in edits:
         cache.add(edit)
     return cache
 
 
-def _edit(edit_id: str, subjects: dict[str, list[str]], value: float = 4.0) -> CachedEdit:
+def _edit(edit_id: str, subjects: dict[str, list[str]], value: float = 4.0) -> Edit:
     idx = torch.arange(0, 128, 3)
     deltas = {1: (idx, torch.full((idx.numel(),), value)), 2: (idx[:5].clone(), -torch.ones(5))}
-    return CachedEdit(edit_id, subjects, deltas)
+    return Edit(edit_id, subjects, neuron_tensors(deltas))
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -192,7 +192,7 @@ def test_edited_forward_equals_manual_placement(padding_side: str, site: str) ->
     model = build_tiny_model("gemma3")
     tokenizer = build_tiny_tokenizer()
     cache = _cache(model, _edit("e1", SUBJECTS))
-    cache.site = site
+    cache.method_config["site"] = site
     edited = EditedModel(model, tokenizer, cache)
     texts = ["Who is the president of Russia?", "What is two plus two?"]
     batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side=padding_side)
@@ -201,7 +201,7 @@ def test_edited_forward_equals_manual_placement(padding_side: str, site: str) ->
     manual = [Placement(0, first + texts[0].index("Russia") + 5, "e1")]
     with torch.no_grad():
         out = edited(ids, mask).logits
-        with neuron_updates(get_adapter(model), cache.updates(), manual, site):
+        with neuron_updates(get_adapter(model), {e.edit_id: neuron_deltas(e) for e in cache}, manual, site):
             reference = model(input_ids=ids, attention_mask=mask).logits
         base = model(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(out, reference)
@@ -312,17 +312,18 @@ def test_full_edit_on_tiny_model_is_applied_by_edited_model() -> None:
     assert steps == [1, 2, 3]
     assert edit.edit_id == edit_id_for(group) and edit.edit_id.startswith("edit-")
     assert edit.subjects == {"en": ["Russia"], "cs": ["Ruská federace", "Ruské federace"]}
-    assert set(edit.deltas) and set(edit.deltas) <= {1, 2}
-    for idx, val in edit.deltas.values():
+    deltas = neuron_deltas(edit)
+    assert set(deltas) and set(deltas) <= {1, 2}
+    for idx, val in deltas.values():
         assert idx.dtype == torch.long and val.dtype == torch.float32
         assert idx.shape == val.shape and idx.numel() > 0
         assert torch.equal(idx, idx.unique())
         assert int(idx.max()) < get_adapter(model).d_ffn
-    assert any(bool((val != 0).any()) for _, val in edit.deltas.values())
+    assert any(bool((val != 0).any()) for _, val in deltas.values())
     assert edit.info["steps"] == 3
     assert edit.info["langs"] == ["en", "cs"]
-    assert edit.info["neurons_per_layer"] == {str(k): int(v[0].numel()) for k, v in edit.deltas.items()}
-    assert not any(p.requires_grad for p in model.parameters())
+    assert edit.info["neurons_per_layer"] == {str(k): int(v[0].numel()) for k, v in deltas.items()}
+    assert all(p.requires_grad for p in model.parameters())  # flags put back as they were
 
     cache = editor.new_cache()
     assert cache.add(edit) == []

@@ -18,12 +18,13 @@ from mkedit.cli_eval import eval_command
 from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
-from mkedit.methods.lu_lafns import LuLafnEditor, get_preset, preset_for
-from mkedit.methods.lu_lafns.editor import edit_id_for
+from mkedit.methods.base import EditMethod, edit_id_for
+from mkedit.methods.config import ConfigError, parse_overrides
+from mkedit.methods.registry import build_method, check_method_options, get_method, method_names
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
 from mkedit.runtime.cache import INDEX_FILE, EditCache
-from mkedit.runtime.edited_model import EditedModel
+from mkedit.runtime.edited_model import ask as ask_view
 from mkedit.types import EditGroup
 
 app = typer.Typer(help="Multilingual knowledge editing with language-agnostic factual neurons (LU-LAFNs).")
@@ -34,6 +35,11 @@ console = Console()
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Packaged short name, HF id, local folder or .gguf")]
 LangsOpt = Annotated[str | None, typer.Option(help="Comma-separated languages to use, e.g. en,zh")]
+MethodOpt = Annotated[str, typer.Option("--method", help="Editing method (see mkedit methods)")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; see mkedit methods)"),
+]
 
 
 @app.callback()
@@ -65,19 +71,29 @@ def edit(
     out: Annotated[Path, typer.Option(help="Edit cache folder (created, or extended if it exists)")],
     model: ModelOpt = DEFAULT_MODEL,
     langs: LangsOpt = None,
+    method: MethodOpt = "lu-lafns",
     preset: Annotated[str | None, typer.Option(help="Hyperparameter preset (default: chosen by model name)")] = None,
+    overrides: SetOpt = None,
 ) -> None:
     """Edit facts in several languages at once and store the edits in a cache folder.
 
     The cache is saved after every edit, so an interrupted run resumes where it stopped: groups whose
-    edit (same id, same answers) is already in the cache are skipped.
+    edit (same id, same answers) is already in the cache are skipped. An existing cache keeps the method
+    and hyperparameters it was made with.
     """
     try:
+        settings = parse_overrides(overrides)
+        check_method_options(method, preset, settings)
         groups = load_edit_groups(edits, _split(langs))
         loaded = _load(model)
-        config = get_preset(preset).config if preset else preset_for(loaded.name).config
-        editor = LuLafnEditor(loaded.model, loaded.tokenizer, config, loaded.name)
-        cache = EditCache.load(out, loaded.model, loaded.name) if (out / INDEX_FILE).is_file() else editor.new_cache()
+        if (out / INDEX_FILE).is_file():
+            cache = EditCache.load(out, loaded.model, loaded.name)
+            editor = _method_for_cache(cache, loaded, method if method != "lu-lafns" else None)
+            if preset or settings:
+                raise ConfigError(f"{out} keeps the hyperparameters it was made with; use a new --out for others")
+        else:
+            editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
+            cache = editor.new_cache()
     except MkeditError as exc:
         raise _fail(exc) from exc
     todo = [g for g in groups if not _already_cached(cache, g)]
@@ -86,11 +102,10 @@ def edit(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         overall = progress.add_task("edits", total=len(todo))
-        steps = progress.add_task("optimising", total=editor.config.max_steps)
         for group in todo:
-            progress.update(steps, completed=0, description=f"optimising {group.group_id}")
+            progress.update(overall, description=f"editing {group.group_id}")
             try:
-                record = editor.edit(group, on_step=lambda step, _loss: progress.update(steps, completed=step))
+                record = editor.edit(group)
             except MkeditError as exc:
                 console.print(f"[yellow]skipped {group.group_id}:[/yellow] {exc}")
                 progress.advance(overall)
@@ -100,6 +115,29 @@ def edit(
             cache.save(out)
             progress.advance(overall)
     console.print(f"{len(cache)} edit(s) in {out}")
+
+
+def _method_for_cache(cache: EditCache, loaded, method: str | None) -> EditMethod:
+    """The method a cache was made with, configured as it was; ``method`` (if given) must agree."""
+    if method and method != cache.method:
+        raise ConfigError(f"this edit cache holds {cache.method} edits, not {method} ones")
+    config = get_method(cache.method).config_class.from_dict(cache.method_config)
+    return build_method(cache.method, loaded.model, loaded.tokenizer, loaded.name, config=config)
+
+
+@app.command()
+def methods() -> None:
+    """List the editing methods and their hyperparameters (the keys of --set), with class defaults."""
+    for name in method_names():
+        cls = get_method(name)
+        typer.echo(f"{name}: {cls.summary}")
+        defaults = cls.config_class().to_dict()
+        for field, kind, doc in cls.config_class.describe_fields():
+            value = defaults[field]
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            typer.echo(f"  {field} ({kind}; default {shown}): {doc}")
+        typer.echo("")
+    typer.echo("Layer choices and presets depend on the model: the values in force are written to run.json.")
 
 
 def _already_cached(cache: EditCache, group: EditGroup) -> bool:
@@ -114,18 +152,26 @@ def ask(
     questions: Annotated[list[str], typer.Argument(help="Questions to answer")],
     model: ModelOpt = DEFAULT_MODEL,
     cache: Annotated[Path | None, typer.Option(help="Edit cache folder to apply")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="Method of the cache (default: the one it was made with)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     max_new_tokens: int = 16,
 ) -> None:
-    """Answer questions greedily, with the cached edits applied where a question holds their subject."""
+    """Answer questions greedily with the cached edits in force (LU-LAFNs: where a question holds their subject)."""
     try:
+        if method:
+            get_method(method)
         loaded = _load(model)
-        edits = (
-            EditCache.load(cache, loaded.model, loaded.name)
-            if cache
-            else LuLafnEditor(loaded.model, loaded.tokenizer, model_name=loaded.name).new_cache()
-        )
-        answers = EditedModel(loaded.model, loaded.tokenizer, edits).ask(questions, max_new_tokens)
+        if cache:
+            edits = EditCache.load(cache, loaded.model, loaded.name)
+            editor = _method_for_cache(edits, loaded, method)
+        else:
+            edits = None
+            editor = build_method(method or "lu-lafns", loaded.model, loaded.tokenizer, loaded.name)
+        device = next(loaded.model.parameters()).device
+        with editor.applied(list(edits or [])) as view:
+            answers = ask_view(view, loaded.tokenizer, questions, max_new_tokens, device=device)
     except MkeditError as exc:
         raise _fail(exc) from exc
     if as_json:

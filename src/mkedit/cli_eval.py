@@ -1,14 +1,13 @@
 """``mkedit eval``: run a benchmark with one method on one model, resumably, with a progress bar.
 
-Methods are looked up in :data:`METHODS` (name -> factory), so a baseline is added by registering a
-factory here; the runner only needs an object with ``edit(group)`` and ``new_cache()``.
+Methods come from :mod:`mkedit.methods.registry` (``--method``); ``--set KEY=VALUE`` overrides any of the
+chosen method's hyperparameters, and the values in force are recorded in the run's ``run.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,7 +19,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch import nn
 
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
@@ -32,35 +30,12 @@ from mkedit.eval.runner import (
     SUMMARY_JSON,
     SUMMARY_MD,
     EvalConfig,
-    EvalConfigError,
-    EvalEditor,
     run_evaluation,
 )
+from mkedit.methods.config import parse_overrides
+from mkedit.methods.registry import build_method, check_method_options
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
-
-MethodFactory = Callable[[nn.Module, Any, str, str | None], EvalEditor]
-"""``(model, tokenizer, model_name, preset or None) -> editor``."""
-
-
-def _lu_lafns(model: nn.Module, tokenizer: Any, model_name: str, preset: str | None) -> EvalEditor:
-    from mkedit.methods.lu_lafns import LuLafnEditor, get_preset, preset_for
-
-    try:
-        config = get_preset(preset).config if preset else preset_for(model_name).config
-    except ValueError as exc:
-        raise EvalConfigError(str(exc)) from exc
-    return LuLafnEditor(model, tokenizer, config, model_name)
-
-
-METHODS: dict[str, MethodFactory] = {"lu-lafns": _lu_lafns}
-
-
-def method_factory(name: str) -> MethodFactory:
-    """The factory registered for ``name``; an unknown name lists the available ones."""
-    if name not in METHODS:
-        raise EvalConfigError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -89,6 +64,10 @@ def eval_command(
         bool, typer.Option("--generation/--no-generation", help="Also score greedy generations")
     ] = True,
     preset: Annotated[str | None, typer.Option("--preset", help="Method hyperparameter preset")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; mkedit methods)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 8,
     curve_every: Annotated[
         int, typer.Option("--curve-every", min=1, help="Sequential: a curve point every N records")
@@ -101,7 +80,8 @@ def eval_command(
     """
     console = Console()
     try:
-        factory = method_factory(method)
+        settings = parse_overrides(overrides)
+        check_method_options(method, preset, settings)
         config = EvalConfig(
             method=method,
             model=model,
@@ -119,7 +99,7 @@ def eval_command(
         records = load_records(data, config.langs, limit, offset)
         with console.status(f"loading {model}"):
             loaded = load_model(model, progress=lambda msg: console.log(msg))
-        editor = factory(loaded.model, loaded.tokenizer, loaded.name, preset)
+        editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),

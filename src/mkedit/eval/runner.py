@@ -2,8 +2,13 @@
 
 Protocol (the paper's, Sec. 4): each record is edited and then tested against the untouched base model
 with *only its own edit* in force; locality compares post-edit predictions with the pre-edit predictions
-of the same untouched model. ``sequential`` instead keeps every edit in the cache as the run goes (what
-a real user does) and reports how the scores move as the cache grows.
+of the same untouched model, taken before any edit is computed. ``sequential`` instead keeps every edit in
+the cache as the run goes (what a real user does; weight edits stack, and each new edit is computed with
+the earlier ones in force) and reports how the scores move as the cache grows.
+
+Any method of :mod:`mkedit.methods.registry` runs through the same two calls, ``method.edit(group)`` and
+``with method.applied(edits) as view``; the runner checks after each that the model's weights are back
+as they were, so a method that edits in place and forgets to restore cannot score against itself.
 
 Settings (which languages are edited, which are tested):
 
@@ -60,9 +65,10 @@ from mkedit.eval.report import (
     write_heatmap,
     write_json_atomic,
 )
-from mkedit.methods.base import Editor
-from mkedit.runtime.cache import INDEX_FILE, CachedEdit, EditCache
-from mkedit.runtime.edited_model import EditedModel
+from mkedit.methods.base import EditMethod
+from mkedit.methods.common.weights import weights_checksum
+from mkedit.methods.view import EditedView, ModelView
+from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
 from mkedit.types import BenchmarkRecord, EditGroup
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,8 @@ class RunMismatchError(MkeditError, ValueError):
     """The output directory holds a different run, so resuming into it would mix results."""
 
 
-EvalEditor = Editor  # what the runner needs from a method: ``edit`` and ``new_cache``
+class MethodContractError(MkeditError, RuntimeError):
+    """A method left the model's weights changed after ``edit()`` or after leaving ``applied()``."""
 
 
 def _langs_tuple(langs: Sequence[str] | str | None, what: str) -> tuple[str, ...] | None:
@@ -323,39 +330,34 @@ def _append_row(fh: Any, row: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- scoring
 
 
-class _Scorer:
-    """Teacher-forced and generation-based scores of one model view (plain or edited) on test cases."""
+class Scorer:
+    """Teacher-forced and generation-based scores of one view (the base model, or edits in force) on test
+    cases. Prompts go through ``view.rewrite`` first, then the answer is appended: answer positions stay
+    exact for methods that add context (ReMaKE)."""
 
-    def __init__(
-        self, view: nn.Module | EditedModel, tokenizer: PreTrainedTokenizerBase, config: EvalConfig, device: Any
-    ) -> None:
+    def __init__(self, view: EditedView, tokenizer: PreTrainedTokenizerBase, config: EvalConfig, device: Any) -> None:
         self.view = view
         self.tokenizer = tokenizer
         self.config = config
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def _logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.view, EditedModel):
-            return self.view(ids, mask).logits
-        return self.view(input_ids=ids, attention_mask=mask).logits
-
     def _generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.pad_id}
-        if isinstance(self.view, EditedModel):
-            out = self.view.generate(ids, mask, **kwargs)
-        else:
-            out = self.view.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        return out[:, ids.shape[1] :]
+        return self.view.generate(ids, mask, **kwargs)[:, ids.shape[1] :]
+
+    def _rewritten(self, cases: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        return [(self.view.rewrite(prompt, lang), target, lang) for prompt, target, lang in cases]
 
     def predict(self, cases: Sequence[tuple[str, str, str]]) -> list[TokenPrediction]:
-        return teacher_forced(self._logits, self.tokenizer, cases, self.config.batch_size, self.device)
+        return teacher_forced(
+            self.view.logits, self.tokenizer, self._rewritten(cases), self.config.batch_size, self.device
+        )
 
     def generate(self, cases: Sequence[tuple[str, str, str]]) -> list[str]:
         budgets = [max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases]
-        return generate_answers(
-            self._generate, self.tokenizer, [p for p, _, _ in cases], budgets, self.config.batch_size, self.device
-        )
+        prompts = [p for p, _, _ in self._rewritten(cases)]
+        return generate_answers(self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device)
 
 
 def _cases(record: BenchmarkRecord, langs: Iterable[str], metrics: Iterable[str]) -> list[tuple[str, str]]:
@@ -368,7 +370,7 @@ def _case_inputs(record: BenchmarkRecord, keys: Sequence[tuple[str, str]]) -> li
     return [(record.tests[lang][m].prompt, record.tests[lang][m].target, lang) for lang, m in keys]
 
 
-def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: _Scorer) -> dict[str, dict[str, Any]]:
+def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer) -> dict[str, dict[str, Any]]:
     """Locality references on the untouched model: teacher-forced ids and (optionally) the generation."""
     keys = _cases(record, langs, [LOCALITY])
     if not keys:
@@ -385,7 +387,7 @@ def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: _Scorer
 def score_record(
     record: BenchmarkRecord,
     langs: Sequence[str],
-    edited: _Scorer,
+    edited: Scorer,
     pre: Mapping[str, Mapping[str, Any]],
 ) -> tuple[dict[str, dict[str, dict[str, float | None]]], dict[str, dict[str, Any]]]:
     """Per-language, per-metric scores (fractions), and the post-edit outputs behind them for ``langs``:
@@ -451,14 +453,14 @@ def run_evaluation(
     records: Sequence[BenchmarkRecord],
     config: EvalConfig,
     out_dir: str | os.PathLike[str],
-    editor: EvalEditor,
+    method: EditMethod,
     progress: ProgressFn | None = None,
 ) -> Summary:
-    """Evaluate ``editor`` on ``records`` into ``out_dir`` (resuming what is there); returns the summary."""
+    """Evaluate ``method`` on ``records`` into ``out_dir`` (resuming what is there); returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_for(config, records)
-    cache = editor.new_cache()
+    cache = method.new_cache()
     _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache))
     records_path = out_dir / RECORDS_FILE
     existing = read_rows(records_path)
@@ -469,12 +471,13 @@ def run_evaluation(
     if len(todo) < len(records):
         log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
     device = next(model.parameters()).device
-    base = _Scorer(model, tokenizer, config, device)
+    base = Scorer(ModelView(model), tokenizer, config, device)
+    guard = WeightGuard(model, method.name)
     if progress is not None:
         progress(0, len(todo), "")
     with open(records_path, "a", encoding="utf-8") as fh:
         for index, record in enumerate(todo, start=1):
-            row = _evaluate_record(record, plan, config, model, tokenizer, editor, cache, base, device)
+            row = _evaluate_record(record, plan, config, method, cache, base, guard)
             if config.sequential and "error" not in row:
                 cache.save(out_dir / CACHE_DIR)  # before the row: a done record's edit is always on disk
             _append_row(fh, row)
@@ -484,31 +487,50 @@ def run_evaluation(
     return write_summary(out_dir, existing, records, plan, config, model_name)
 
 
+class WeightGuard:
+    """Remembers the model's weights (as :func:`weights_checksum`) and refuses to go on once they changed."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.model = model
+        self.method = method
+        self.reference = weights_checksum(model)
+
+    def check(self, after: str) -> None:
+        if not torch.equal(weights_checksum(self.model), self.reference):
+            raise MethodContractError(
+                f"method {self.method} changed the model's weights {after}; every method must leave them "
+                "bit-identical (edit() computes, applied() restores on exit), or locality would be scored "
+                "against an already edited model"
+            )
+
+
 def _evaluate_record(
     record: BenchmarkRecord,
     plan: EvalPlan,
     config: EvalConfig,
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    editor: EvalEditor,
+    method: EditMethod,
     cache: EditCache,
-    base: _Scorer,
-    device: Any,
+    base: Scorer,
+    guard: WeightGuard,
 ) -> dict[str, Any]:
     """Edit, evaluate and package one record's row; an edit that cannot be made gives an error row."""
-    # Every edit of the record first: editing reads the base model only, and a failure then leaves the
-    # cache untouched (no half-applied record in sequential mode).
-    edits: list[tuple[tuple[str, ...], CachedEdit, float]] = []
-    for edited_langs, tested in plan.units:
-        group = _group_for(record, edited_langs, config.setting)
-        start = time.perf_counter()
-        try:
-            edit = editor.edit(group)
-        except MkeditError as exc:
-            log.warning("record %s skipped: %s", record.record_id, exc)
-            return {"record_id": record.record_id, "error": f"{type(exc).__name__}: {exc}"}
-        edits.append((tested, edit, time.perf_counter() - start))
+    # Pre-edit references first, with nothing in force and before any edit of this record is computed.
     pre = pre_predictions(record, plan.test_langs, base)
+    # Every edit of the record next: a failure then leaves the cache untouched (no half-applied record in
+    # sequential mode). In sequential mode earlier edits are in force while the new one is computed.
+    earlier = list(cache) if config.sequential else []
+    edits: list[tuple[tuple[str, ...], Edit, float]] = []
+    with method.applied(earlier):
+        for edited_langs, tested in plan.units:
+            group = _group_for(record, edited_langs, config.setting)
+            start = time.perf_counter()
+            try:
+                edit = method.edit(group)
+            except MkeditError as exc:
+                log.warning("record %s skipped: %s", record.record_id, exc)
+                return {"record_id": record.record_id, "error": f"{type(exc).__name__}: {exc}"}
+            edits.append((tested, edit, time.perf_counter() - start))
+    guard.check("after edit()")
     scores: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     replaced: list[str] = []
@@ -516,9 +538,12 @@ def _evaluate_record(
     cache_size = len(cache)
     for (edited_langs, _), (tested, edit, seconds) in zip(plan.units, edits, strict=True):
         replaced += cache.add(edit)
-        # The matcher is built from the cache's subjects at construction, so one view per cache state.
-        view = EditedModel(model, tokenizer, cache, check_model=False)
-        unit_scores, unit_outputs = score_record(record, tested, _Scorer(view, tokenizer, config, device), pre)
+        in_force = list(cache) if config.sequential else [edit]
+        with method.applied(in_force) as view:
+            unit_scores, unit_outputs = score_record(
+                record, tested, Scorer(view, base.tokenizer, config, base.device), pre
+            )
+        guard.check("after leaving applied()")
         scores.update(unit_scores)
         outputs.update(unit_outputs)
         edit_info.append({"edit_id": edit.edit_id, "langs": list(edited_langs), "seconds": seconds})

@@ -1,20 +1,117 @@
-"""What every editing method offers: turn an edit group into an edit record."""
+"""The protocol every editing method follows: computing an edit is separate from putting edits in force.
+
+``edit(group) -> Edit`` reads the model and leaves its weights as they were; ``applied(edits)`` is a
+context manager that yields an :class:`~mkedit.methods.view.EditedView` with those edits in force and,
+on exit, leaves the model bit-identical to before. Edits are plain data (tensors + JSON), so one
+:class:`~mkedit.runtime.cache.EditCache` saves and loads every method's edits.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Generic, TypeVar
 
-from mkedit.runtime.cache import CachedEdit, EditCache
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from mkedit.arch import FFNAdapter, get_adapter
+from mkedit.errors import MkeditError
+from mkedit.methods.config import ConfigError, MethodConfig
+from mkedit.methods.view import EditedView
+from mkedit.models.fingerprint import model_fingerprint
+from mkedit.runtime.cache import Edit, EditCache
 from mkedit.types import EditGroup
 
+log = logging.getLogger(__name__)
 
-class Editor(Protocol):
-    """An editing method bound to one model."""
+ConfigT = TypeVar("ConfigT", bound=MethodConfig)
 
-    def edit(self, group: EditGroup) -> CachedEdit:
-        """Compute the edit for ``group`` without changing the model's weights."""
-        ...
+
+def edit_id_for(group: EditGroup) -> str:
+    """The group's own id, else a short hash of its subjects and answers (stable across runs)."""
+    if group.group_id:
+        return group.group_id
+    key = "|".join(f"{r.lang}:{r.subject}:{r.answer}" for r in group.requests)
+    return "edit-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def group_info(group: EditGroup) -> dict[str, Any]:
+    """The JSON facts every edit records about its group (the cache, ``ask`` and ReMaKE's memory read them)."""
+    return {
+        "langs": group.langs,
+        "subjects": {r.lang: r.subject for r in group.requests},
+        "questions": {r.lang: r.question for r in group.requests},
+        "answers": {r.lang: r.answer for r in group.requests},
+    }
+
+
+class EditMethod(ABC, Generic[ConfigT]):
+    """An editing method bound to one model and one configuration."""
+
+    name: ClassVar[str]
+    """The registry name (``--method``)."""
+    config_class: ClassVar[type[MethodConfig]]
+    summary: ClassVar[str] = ""
+    """One line for ``mkedit methods``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ConfigT | None = None,
+        model_name: str = "",
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """``config`` (default: :meth:`default_config` for this model), then ``overrides`` (``--set`` strings)."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter: FFNAdapter = get_adapter(model)
+        self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token)")
+        chosen = config if config is not None else self.default_config()
+        if overrides:
+            chosen = chosen.with_overrides(dict(overrides))
+        try:
+            self.config: ConfigT = self.prepare_config(chosen)
+        except ValueError as exc:
+            if isinstance(exc, MkeditError):
+                raise
+            raise ConfigError(f"{self.name} on {self.model_name}: {exc}") from exc
+
+    # --- configuration ----------------------------------------------------------------------------
+    def default_config(self) -> ConfigT:
+        """The configuration for this model when the caller gives none (a preset, or scaled by depth)."""
+        return self.config_class()  # type: ignore[return-value]
+
+    def prepare_config(self, config: ConfigT) -> ConfigT:
+        """Resolve model-relative values (negative layer indices, ...); checked before any edit."""
+        return config
+
+    @classmethod
+    def preset_config(cls, name: str) -> ConfigT:
+        """The named preset's configuration; methods without presets refuse."""
+        raise ConfigError(f"method {cls.name} has no presets (got --preset {name})")
+
+    # --- the protocol -----------------------------------------------------------------------------
+    @abstractmethod
+    def edit(self, group: EditGroup) -> Edit:
+        """Compute the edit for ``group``; the model's weights are the same afterwards."""
+
+    @abstractmethod
+    def applied(self, edits: Sequence[Edit]) -> AbstractContextManager[EditedView]:
+        """Put ``edits`` in force for the duration of the context; the model is bit-identical after it."""
 
     def new_cache(self) -> EditCache:
-        """An empty cache bound to this editor's model and configuration."""
-        ...
+        """An empty cache bound to this model, method and configuration."""
+        return EditCache(model_fingerprint(self.model, self.model_name), self.name, self.config.to_dict())
+
+    def check_edits(self, edits: Sequence[Edit]) -> None:
+        """Refuse edits made by another method: their tensors would mean nothing here."""
+        foreign = sorted({e.method for e in edits if e.method != self.name})
+        if foreign:
+            raise ValueError(f"{self.name} cannot apply edits made by {', '.join(foreign)}")

@@ -1,10 +1,12 @@
-"""The edit cache of Eq. 11: {aligned subjects of every language -> ΔV}, bound to one model.
+"""The edit store of every method, bound to one model: for LU-LAFNs, the cache of Eq. 11
+({aligned subjects of every language -> ΔV}); for the baselines, their low-rank weight deltas, adapters
+or retrieval memory.
 
-On disk a cache is a folder with ``cache.json`` (format version, model fingerprint, method config,
-and per edit its subjects, questions, answers and statistics) and ``deltas-<hash>.safetensors`` (per
-edit and layer, neuron indices and values). The tensors file is written first under a name derived
-from its content, then ``cache.json`` is replaced atomically: an interrupted save leaves the previous
-cache intact, and a truncated or altered tensors file is detected by its sha256.
+On disk a cache is a folder with ``cache.json`` (format version, model fingerprint, method and its
+config, and per edit its subjects, questions, answers and statistics) and ``deltas-<hash>.safetensors``
+(per edit, the method's named tensors, stored as ``<edit id>/<name>``). The tensors file is written
+first under a name derived from its content, then ``cache.json`` is replaced atomically: an interrupted
+save leaves the previous cache intact, and a truncated or altered tensors file is detected by its sha256.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mkedit.arch.base import NeuronSite
-from mkedit.arch.hooks import NeuronUpdates
 from mkedit.errors import CacheError
 from mkedit.models.fingerprint import ModelFingerprint, model_fingerprint
 from mkedit.runtime.atomic import write_atomic, write_json_atomic
@@ -30,56 +30,58 @@ from mkedit.runtime.atomic import write_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = "mkedit-edit-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: LU-LAFNs only, same tensor names
 INDEX_FILE = "cache.json"
 
 
 @dataclass
-class CachedEdit:
-    """One edit: the subject strings that trigger it and the per-layer neuron update."""
+class Edit:
+    """One edit of any method: the subject strings it is about, its tensors, and JSON facts.
+
+    What the tensors mean is the method's business (``<layer>/idx`` and ``<layer>/val`` for LU-LAFNs,
+    low-rank factors for weight edits, ...); the cache only stores them.
+    """
 
     edit_id: str
-    subjects: dict[str, list[str]]  # lang -> surface forms that trigger the edit
-    deltas: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (indices [k] long, values [k] float32)
+    subjects: dict[str, list[str]]  # lang -> surface forms of the subject (LU-LAFNs: what triggers the edit)
+    tensors: dict[str, torch.Tensor]  # name -> tensor; names may hold "/" but no edit id
     info: dict[str, Any] = field(default_factory=dict)  # languages, questions, answers, time, stats
+    method: str = ""
 
     def surfaces(self) -> set[str]:
         return {s for forms in self.subjects.values() for s in forms}
-
-    def num_neurons(self) -> int:
-        return sum(int(idx.numel()) for idx, _ in self.deltas.values())
 
 
 class EditCache:
     """An ordered collection of edits for one model, saved and loaded as a folder."""
 
-    def __init__(
-        self, fingerprint: ModelFingerprint, method: str, method_config: dict[str, Any], site: NeuronSite
-    ) -> None:
+    def __init__(self, fingerprint: ModelFingerprint, method: str, method_config: dict[str, Any]) -> None:
         self.fingerprint = fingerprint
         self.method = method
         self.method_config = method_config
-        self.site: NeuronSite = site
-        self._edits: dict[str, CachedEdit] = {}
+        self._edits: dict[str, Edit] = {}
         self.version = 0  # bumped on every change, so views of the cache know to refresh
 
     # --- collection -------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._edits)
 
-    def __iter__(self) -> Iterator[CachedEdit]:
+    def __iter__(self) -> Iterator[Edit]:
         return iter(list(self._edits.values()))
 
     def __contains__(self, edit_id: object) -> bool:
         return edit_id in self._edits
 
-    def get(self, edit_id: str) -> CachedEdit:
+    def get(self, edit_id: str) -> Edit:
         if edit_id not in self._edits:
             raise KeyError(f"no edit {edit_id!r} in the cache")
         return self._edits[edit_id]
 
-    def add(self, edit: CachedEdit) -> list[str]:
+    def add(self, edit: Edit) -> list[str]:
         """Add ``edit``; edits sharing a subject with it (or its id) are replaced. Returns their ids."""
+        if edit.method and edit.method != self.method:
+            raise CacheError(f"cannot add a {edit.method} edit to a {self.method} cache")
         new_surfaces = edit.surfaces()
         replaced = [
             old.edit_id for old in self._edits.values() if old.edit_id == edit.edit_id or old.surfaces() & new_surfaces
@@ -92,14 +94,10 @@ class EditCache:
         self.version += 1
         return replaced
 
-    def remove(self, edit_id: str) -> CachedEdit:
+    def remove(self, edit_id: str) -> Edit:
         removed = self._edits.pop(self.get(edit_id).edit_id)
         self.version += 1
         return removed
-
-    def updates(self) -> NeuronUpdates:
-        """Per edit id, per layer, the (indices, values) the runtime adds."""
-        return {e.edit_id: e.deltas for e in self._edits.values()}
 
     def subject_entries(self) -> list[tuple[str, str]]:
         """(surface form, edit id) pairs for a subject matcher."""
@@ -124,9 +122,8 @@ class EditCache:
         folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         for edit in self._edits.values():
-            for layer, (idx, val) in edit.deltas.items():
-                tensors[f"{edit.edit_id}/{layer}/idx"] = idx.detach().to("cpu", torch.long).contiguous().clone()
-                tensors[f"{edit.edit_id}/{layer}/val"] = val.detach().to("cpu", torch.float32).contiguous().clone()
+            for name, tensor in edit.tensors.items():
+                tensors[f"{edit.edit_id}/{name}"] = tensor.detach().to("cpu").contiguous().clone()
         blob_holder: dict[str, bytes] = {}
 
         def write_tensors(tmp: Path) -> None:
@@ -144,11 +141,10 @@ class EditCache:
             "model": self.fingerprint.to_dict(),
             "method": self.method,
             "method_config": self.method_config,
-            "site": self.site,
             "tensors_file": tensors_name,
             "tensors_sha256": digest,
             "edits": [
-                {"id": e.edit_id, "subjects": e.subjects, "layers": sorted(e.deltas), "info": e.info}
+                {"id": e.edit_id, "subjects": e.subjects, "tensors": sorted(e.tensors), "info": e.info}
                 for e in self._edits.values()
             ],
         }
@@ -171,14 +167,16 @@ class EditCache:
             raise CacheError(f"{index_path} is corrupt: {exc}") from exc
         if not isinstance(index, dict) or index.get("format") != FORMAT:
             raise CacheError(f"{index_path} is not an mkedit edit cache index")
-        if index.get("version") != FORMAT_VERSION:
-            raise CacheError(f"{index_path} has cache format version {index.get('version')}, expected {FORMAT_VERSION}")
+        if index.get("version") not in READABLE_VERSIONS:
+            raise CacheError(
+                f"{index_path} has cache format version {index.get('version')}, this mkedit reads {READABLE_VERSIONS}"
+            )
         try:
             tensors_path = folder / index["tensors_file"]
             expected_sha = index["tensors_sha256"]
             fingerprint = ModelFingerprint.from_dict(index["model"])
             records = index["edits"]
-            cache = cls(fingerprint, index["method"], index["method_config"], index["site"])
+            cache = cls(fingerprint, index["method"], index["method_config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"{index_path} is missing or has a malformed field: {exc}") from exc
         if not tensors_path.is_file():
@@ -189,11 +187,11 @@ class EditCache:
         for record in records:
             try:
                 edit_id = record["id"]
-                deltas = {
-                    int(layer): (tensors[f"{edit_id}/{layer}/idx"], tensors[f"{edit_id}/{layer}/val"])
-                    for layer in record["layers"]
-                }
-                cache._edits[edit_id] = CachedEdit(edit_id, dict(record["subjects"]), deltas, record.get("info", {}))
+                names = record.get("tensors") or [f"{x}/{part}" for x in record["layers"] for part in ("idx", "val")]
+                edit_tensors = {name: tensors[f"{edit_id}/{name}"] for name in names}
+                cache._edits[edit_id] = Edit(
+                    edit_id, dict(record["subjects"]), edit_tensors, record.get("info", {}), cache.method
+                )
             except (KeyError, TypeError) as exc:
                 raise CacheError(f"{index_path}: edit record {record!r:.80} is malformed ({exc})") from exc
         if model is not None:

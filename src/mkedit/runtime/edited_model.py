@@ -1,4 +1,4 @@
-"""The edited model of Eq. 11: the base model, plus ΔV of every cached subject found in the input.
+"""The edited model of Eq. 11 (LU-LAFNs' view): the base model, plus ΔV of every cached subject found in the input.
 
 Inputs with no cached subject run the untouched model (no hook is even registered), so their logits
 are bit-identical to the base model's. Works with plain forwards, ``generate()`` with a KV cache,
@@ -7,7 +7,7 @@ batches with left or right padding, and several subjects in one input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,12 +15,28 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mkedit.arch import get_adapter
-from mkedit.arch.hooks import Placement, neuron_updates
-from mkedit.runtime.cache import EditCache
+from mkedit.arch import NeuronSite, get_adapter
+from mkedit.arch.hooks import NeuronUpdates, Placement, neuron_updates
+from mkedit.methods.view import EditedView
+from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.matcher import ExactMatcher, SubjectMatcher
 from mkedit.runtime.subject import last_token_index
 from mkedit.runtime.tokens import token_char_spans
+
+
+def neuron_tensors(deltas: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-layer (indices, values) as an edit's tensors ``<layer>/idx`` (long) and ``<layer>/val`` (float32)."""
+    out: dict[str, torch.Tensor] = {}
+    for layer, (idx, val) in deltas.items():
+        out[f"{layer}/idx"] = idx.detach().to("cpu", torch.long)
+        out[f"{layer}/val"] = val.detach().to("cpu", torch.float32)
+    return out
+
+
+def neuron_deltas(edit: Edit) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The inverse of :func:`neuron_tensors`: layer -> (indices [k], values [k])."""
+    layers = sorted({int(name.split("/", 1)[0]) for name in edit.tensors})
+    return {layer: (edit.tensors[f"{layer}/idx"], edit.tensors[f"{layer}/val"]) for layer in layers}
 
 
 @dataclass(frozen=True)
@@ -31,34 +47,50 @@ class Answer:
 
 
 class EditedModel:
-    """Wraps a model and an :class:`EditCache`; call it like the model, or use :meth:`ask`."""
+    """Wraps a model and LU-LAFNs edits (an :class:`EditCache` it follows as it changes, or a fixed list);
+    call it like the model, or use :meth:`ask`. Implements :class:`~mkedit.methods.view.EditedView`."""
 
     def __init__(
         self,
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        cache: EditCache,
+        edits: EditCache | Sequence[Edit],
         matcher: SubjectMatcher | None = None,
         check_model: bool = True,
+        site: NeuronSite | None = None,
     ) -> None:
-        if check_model:
-            cache.check_model(model)
+        if isinstance(edits, EditCache):
+            if check_model:
+                edits.check_model(model)
+            site = site or edits.method_config.get("site", "act_fn")
+        else:
+            edits = list(edits)
         self.model = model
         self.tokenizer = tokenizer
-        self.cache = cache
+        self.edits = edits
+        self.site: NeuronSite = site or "act_fn"
         self.adapter = get_adapter(model)
         self._custom_matcher = matcher
         self._matcher: SubjectMatcher | None = None
-        self._matcher_version = -1
+        self._updates: NeuronUpdates = {}
+        self._version = -1
+
+    def _refresh(self) -> None:
+        """Rebuild the matcher and the update table whenever the cache has changed."""
+        version = self.edits.version if isinstance(self.edits, EditCache) else 0
+        if version != self._version:
+            edits = list(self.edits)
+            self._matcher = ExactMatcher([(s, e.edit_id) for e in edits for s in sorted(e.surfaces())])
+            self._updates = {e.edit_id: neuron_deltas(e) for e in edits}
+            self._version = version
 
     @property
     def matcher(self) -> SubjectMatcher:
-        """The caller's matcher, or an exact matcher rebuilt whenever the cache has changed."""
+        """The caller's matcher, or an exact matcher over the edits' subjects."""
         if self._custom_matcher is not None:
             return self._custom_matcher
-        if self._matcher is None or self._matcher_version != self.cache.version:
-            self._matcher = ExactMatcher(self.cache.subject_entries())
-            self._matcher_version = self.cache.version
+        self._refresh()
+        assert self._matcher is not None
         return self._matcher
 
     def placements(
@@ -94,8 +126,15 @@ class EditedModel:
         ``copies`` > 1 the forwards see each row repeated that many times in a row (beams)."""
         placements, applied = self.placements(input_ids, attention_mask)
         placements = [Placement(p.row * copies + j, p.pos, p.key) for p in placements for j in range(copies)]
-        with neuron_updates(self.adapter, self.cache.updates(), placements, self.cache.site):
+        self._refresh()
+        with neuron_updates(self.adapter, self._updates, placements, self.site):
             yield applied
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self(input_ids, attention_mask).logits
+
+    def rewrite(self, prompt: str, lang: str) -> str:
+        return prompt
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         with self.applying(input_ids, attention_mask):
@@ -112,27 +151,37 @@ class EditedModel:
         with self.applying(input_ids, attention_mask, copies=copies):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    @torch.no_grad()
+    def used_edits(self, prompt: str) -> list[str]:
+        return sorted({m.edit_id for m in self.matcher.find(prompt)})
+
     def ask(self, questions: Sequence[str], max_new_tokens: int = 16, batch_size: int = 8) -> list[Answer]:
         """Greedy answers, cut at the first line break, with the edits used for each question."""
-        device = next(self.model.parameters()).device
-        answers: list[Answer] = []
-        for start in range(0, len(questions), batch_size):
-            chunk = list(questions[start : start + batch_size])
-            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left")
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            with self.applying(ids, mask) as applied:
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            for question, text, edits in zip(chunk, texts, applied, strict=True):
-                answers.append(Answer(question, first_line(text), sorted(set(edits))))
-        return answers
+        return ask(self, self.tokenizer, questions, max_new_tokens, batch_size, next(self.model.parameters()).device)
+
+
+@torch.no_grad()
+def ask(
+    view: EditedView,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[Answer]:
+    """Greedy answers of any method's view, cut at the first line break, with the edits used for each."""
+    answers: list[Answer] = []
+    for start in range(0, len(questions), batch_size):
+        chunk = list(questions[start : start + batch_size])
+        prompts = [view.rewrite(q, "") for q in chunk]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        out = view.generate(
+            ids, mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+        texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        for question, text in zip(chunk, texts, strict=True):
+            answers.append(Answer(question, first_line(text), view.used_edits(question)))
+    return answers
 
 
 def first_line(text: str) -> str:

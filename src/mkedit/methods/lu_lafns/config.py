@@ -7,17 +7,17 @@ measurement (see ``benchmarks/preset_search.py`` and the README). Fields the pap
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from mkedit.arch import NeuronSite
+from mkedit.methods.config import MethodConfig
 
 LocateStrategy = Literal["lafns", "all", "random"]
 
 
 @dataclass(frozen=True)
-class LuLafnConfig:
+class LuLafnConfig(MethodConfig):
     """Hyperparameters of one LU-LAFNs edit."""
 
     layers: tuple[int, ...] = (-8, -7, -6, -1)
@@ -45,12 +45,15 @@ class LuLafnConfig:
     the answer tokens alone); without it, a generating model tends to repeat the new answer
     ("Rome Rome Rome"). Set False to reproduce the paper's objective exactly."""
     learning_rate: float = 0.5
+    """Adam learning rate of ΔV."""
     max_steps: int = 40
+    """Optimisation steps at most (early stop below ``early_stop_nll``)."""
     early_stop_nll: float = 0.1
     """Stop once the mean answer NLL (Eq. 8) is below this."""
     max_delta_norm_ratio: float = 4.0
     """Bound ``||ΔV_layer|| <= ratio * ||V_layer||`` at the subject token (base values on the LAFNs)."""
     seed: int = 0
+    """Seed of the random prefixes and of the ``random`` locating ablation."""
     # Speed switches: all on by default; off reproduces the straightforward implementation.
     batch_sequences: bool = True
     """One padded forward for every language, prefix and KL prompt of a group."""
@@ -59,6 +62,7 @@ class LuLafnConfig:
     answer_logits_only: bool = True
     """Apply the output head only at answer and KL positions."""
     locate_batch_size: int = 16
+    """Paraphrases per forward while locating."""
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -72,25 +76,6 @@ class LuLafnConfig:
             raise ValueError("num_prefixes >= 0, prefix_length >= 1 and max_steps >= 1 are required")
         if self.num_prefixes == 0 and not self.include_bare_question:
             raise ValueError("no training sequences: set num_prefixes > 0 or include_bare_question")
-
-    def replace(self, **changes: Any) -> LuLafnConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LuLafnConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown LuLafnConfig fields: {sorted(unknown)}")
-        values = dict(data)
-        if "layers" in values:
-            values["layers"] = tuple(values["layers"])
-        return cls(**values)
 
 
 @dataclass(frozen=True)

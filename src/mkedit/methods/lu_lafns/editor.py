@@ -1,24 +1,25 @@
-"""LU-LAFNs end to end for one model: locate, optimise, and package the result as a cached edit."""
+"""LU-LAFNs end to end for one model: locate, optimise, and package the result as an edit of Eq. 11."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mkedit.arch import get_adapter
+from mkedit.methods.base import EditMethod, edit_id_for, group_info
+from mkedit.methods.common.weights import only_trainable
 from mkedit.methods.lu_lafns.batch import TrainSequence, sequences_for_request
-from mkedit.methods.lu_lafns.config import LuLafnConfig, preset_for
+from mkedit.methods.lu_lafns.config import LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
 from mkedit.methods.lu_lafns.prefixes import sample_prefixes
-from mkedit.models.fingerprint import model_fingerprint
-from mkedit.runtime.cache import CachedEdit, EditCache
+from mkedit.methods.registry import register_method
+from mkedit.runtime.cache import Edit
+from mkedit.runtime.edited_model import EditedModel, neuron_tensors
 from mkedit.types import EditGroup
 
 log = logging.getLogger(__name__)
@@ -35,35 +36,28 @@ def line_break_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return ids[0]
 
 
-def edit_id_for(group: EditGroup) -> str:
-    """The group's own id, else a short hash of its subjects and answers (stable across runs)."""
-    if group.group_id:
-        return group.group_id
-    key = "|".join(f"{r.lang}:{r.subject}:{r.answer}" for r in group.requests)
-    return "edit-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+@register_method
+class LuLafnEditor(EditMethod[LuLafnConfig]):
+    """Edits one model with LU-LAFNs. The model's weights are never changed: edits are neuron deltas
+    added at inference where a cached subject occurs (Eq. 11)."""
 
+    name = METHOD_NAME
+    config_class = LuLafnConfig
+    summary = "the paper's method: ΔV on language-agnostic factual neurons, applied per subject at inference"
 
-class LuLafnEditor:
-    """Edits one model with LU-LAFNs. The model's weights are never changed."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        config: LuLafnConfig | None = None,
-        model_name: str = "",
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.adapter = get_adapter(model)
-        self.model_name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        base = config or preset_for(self.model_name).config
-        self.config = base.replace(layers=tuple(sorted({self.adapter.resolve_layer(x) for x in base.layers})))
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer needs a pad token (set tokenizer.pad_token = tokenizer.eos_token)")
-        for param in model.parameters():
-            param.requires_grad_(False)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self._prefixes: dict[str, list[str]] = {}
+
+    def default_config(self) -> LuLafnConfig:
+        return preset_for(self.model_name).config
+
+    def prepare_config(self, config: LuLafnConfig) -> LuLafnConfig:
+        return config.replace(layers=tuple(sorted({self.adapter.resolve_layer(x) for x in config.layers})))
+
+    @classmethod
+    def preset_config(cls, name: str) -> LuLafnConfig:
+        return get_preset(name).config
 
     def prefixes(self, lang: str) -> list[str]:
         """The random prefixes of ``lang``: they depend on the model, language and seed only, so they
@@ -75,12 +69,6 @@ class LuLafnEditor:
                 self.model, self.tokenizer, lang, cfg.num_prefixes, cfg.prefix_length, seed
             )
         return self._prefixes[lang]
-
-    def new_cache(self) -> EditCache:
-        """An empty cache bound to this model and configuration."""
-        return EditCache(
-            model_fingerprint(self.model, self.model_name), METHOD_NAME, self.config.to_dict(), self.config.site
-        )
 
     def locate(self, group: EditGroup) -> LocateResult:
         cfg = self.config
@@ -109,16 +97,17 @@ class LuLafnEditor:
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
         return sequences, subjects
 
-    def edit(self, group: EditGroup, on_step: StepCallback | None = None) -> CachedEdit:
+    def edit(self, group: EditGroup, on_step: StepCallback | None = None) -> Edit:
         """Locate the group's LAFNs and learn their update; returns the edit to put in a cache."""
         t0 = time.perf_counter()
         located = self.locate(group)
         t1 = time.perf_counter()
         sequences, subjects = self.training_sequences(group)
         t2 = time.perf_counter()
-        result = optimize_delta(
-            self.adapter, sequences, located.lafns, self.config, self.tokenizer.pad_token_id, on_step
-        )
+        with only_trainable(self.model):
+            result = optimize_delta(
+                self.adapter, sequences, located.lafns, self.config, self.tokenizer.pad_token_id, on_step
+            )
         edit_id = edit_id_for(group)
         log.info(
             "edit %s: %s neurons in layers %s, %d steps, answer NLL %.3f",
@@ -130,9 +119,7 @@ class LuLafnEditor:
         )
         info = {
             "method": METHOD_NAME,
-            "langs": group.langs,
-            "questions": {r.lang: r.question for r in group.requests},
-            "answers": {r.lang: r.answer for r in group.requests},
+            **group_info(group),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "neurons_per_layer": {str(k): v for k, v in located.sizes().items()},
             "steps": result.steps,
@@ -145,4 +132,11 @@ class LuLafnEditor:
             },
         }
         deltas = {layer: (located.lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
-        return CachedEdit(edit_id, subjects, deltas, info)
+        return Edit(edit_id, subjects, neuron_tensors(deltas), info, METHOD_NAME)
+
+    @contextmanager
+    def applied(self, edits: Sequence[Edit]) -> Iterator[EditedModel]:
+        """The model of Eq. 11 with ``edits`` cached: hooks fire only on inputs holding a cached subject,
+        and are registered per forward, so nothing stays on the model after the context."""
+        self.check_edits(edits)
+        yield EditedModel(self.model, self.tokenizer, list(edits), site=self.config.site)

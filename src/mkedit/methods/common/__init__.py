@@ -1,0 +1,1 @@
+"""Mechanisms shared by several methods, written once."""

@@ -1,0 +1,59 @@
+"""What a scorer, ``ask`` and ``generate`` see while edits are in force: one small interface for every method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class EditedView(Protocol):
+    """The model as it answers with some edits in force.
+
+    ``rewrite`` turns a user prompt into the text the model is actually given: the identity for every
+    method but context methods (ReMaKE prepends retrieved edits). Scorers encode ``rewrite(prompt)``
+    followed by the answer, so answer positions stay exact whatever a method does to the prompt.
+    """
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[batch, seq, vocab]`` next-token logits of already rewritten, encoded inputs."""
+        ...
+
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """HF ``generate`` over already rewritten, encoded inputs (prompt ids included in the output)."""
+        ...
+
+    def rewrite(self, prompt: str, lang: str) -> str:
+        """The text given to the model for ``prompt`` in ``lang`` (``lang`` is "" when unknown)."""
+        ...
+
+    def used_edits(self, prompt: str) -> list[str]:
+        """Ids of the edits that act on ``prompt`` (all of them, for weight edits)."""
+        ...
+
+
+class ModelView:
+    """The model as it is (weights already edited in place, or untouched): the view of weight-editing methods."""
+
+    def __init__(self, model: nn.Module, edit_ids: Sequence[str] = ()) -> None:
+        self.model = model
+        self.edit_ids = list(edit_ids)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def rewrite(self, prompt: str, lang: str) -> str:
+        return prompt
+
+    def used_edits(self, prompt: str) -> list[str]:
+        return list(self.edit_ids)
