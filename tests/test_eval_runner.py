@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.data import load_records
+from mkedit.data.records import LOCALITY
 from mkedit.eval.report import METRICS, SCORE_KEYS, SUMMARY_KEYS, validate_summary
 from mkedit.eval.runner import (
     RECORDS_FILE,
@@ -22,11 +23,14 @@ from mkedit.eval.runner import (
     SUMMARY_MD,
     EvalConfig,
     EvalConfigError,
+    MethodContractError,
     RunMismatchError,
+    Scorer,
     read_rows,
     run_evaluation,
 )
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
+from mkedit.methods.view import ModelView
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel, neuron_tensors
 from mkedit.types import EditGroup
@@ -387,3 +391,37 @@ def test_cli_eval_end_to_end(tiny: Any, data_file: Path, tmp_path: Path, monkeyp
 
     unknown = runner.invoke(app, [*args, "--method", "rome", "--out", str(tmp_path / "r")])
     assert unknown.exit_code == 1 and "unknown method 'rome'" in unknown.output and "lu-lafns" in unknown.output
+
+
+class ScramblingEditor(StubEditor):
+    """A broken weight-editing method: its edit() permutes the output head in place and never restores it."""
+
+    def edit(self, group: EditGroup) -> Edit:
+        with torch.no_grad():
+            head = self.model.get_output_embeddings().weight
+            head.copy_(head[torch.randperm(head.shape[0], generator=torch.Generator().manual_seed(0))])
+        return super().edit(group)
+
+
+def test_runner_catches_a_method_that_edits_weights_in_place(data_file: Path, tmp_path: Path) -> None:
+    """Regression: such a method used to score Locality 100/100 against its own edited model."""
+    model, tokenizer = build_tiny_model("qwen2"), build_tiny_tokenizer()
+    records = load_records(data_file, ["en", "zh"], 1)
+    config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=1)
+    with pytest.raises(MethodContractError, match="changed the model's weights after edit"):
+        run_evaluation(
+            model, tokenizer, MODEL_NAME, records, config, tmp_path, ScramblingEditor(model, tokenizer, TINY_CONFIG)
+        )
+    assert not (tmp_path / RECORDS_FILE).read_text(encoding="utf-8").strip()  # no row scored on a broken model
+
+
+def test_pre_edit_predictions_are_taken_before_the_edit_is_computed(tiny: Any, data_file: Path, tmp_path: Path) -> None:
+    """Locality references come from the untouched model: equal to a plain forward, whatever edit() does later."""
+    model, tokenizer = tiny
+    records = load_records(data_file, ["en", "zh"], 1)
+    config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=1, generation=False)
+    run_evaluation(model, tokenizer, MODEL_NAME, records, config, tmp_path, StubEditor(model, tokenizer, TINY_CONFIG))
+    row = read_rows(tmp_path / RECORDS_FILE)[0]
+    scorer = Scorer(ModelView(model), tokenizer, config, "cpu")
+    case = records[0].tests["en"][LOCALITY]
+    assert row["pre"]["en"]["loc_pred_ids"] == scorer.predict([(case.prompt, case.target, "en")])[0].pred_ids

@@ -472,6 +472,10 @@ def run_evaluation(
         log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
     device = next(model.parameters()).device
     base = Scorer(ModelView(model), tokenizer, config, device)
+    start = time.perf_counter()
+    if todo:
+        method.prepare(plan.edit_langs)
+    prepare_seconds = time.perf_counter() - start
     guard = WeightGuard(model, method.name)
     if progress is not None:
         progress(0, len(todo), "")
@@ -484,7 +488,7 @@ def run_evaluation(
             existing.append(row)
             if progress is not None:
                 progress(index, len(todo), record.record_id)
-    return write_summary(out_dir, existing, records, plan, config, model_name)
+    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds)
 
 
 class WeightGuard:
@@ -603,8 +607,10 @@ def write_summary(
     plan: EvalPlan,
     config: EvalConfig,
     model_name: str,
+    prepare_seconds: float | None = None,
 ) -> Summary:
-    """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``."""
+    """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``.
+    ``prepare_seconds``: the method's one-off preparation (statistics) in this call, 0 when cached."""
     by_id = {row["record_id"]: row for row in rows}
     selected = [by_id[r.record_id] for r in records if r.record_id in by_id]
     evaluated = [row for row in selected if "error" not in row]
@@ -617,6 +623,8 @@ def write_summary(
     summary["edit_langs"] = plan.edit_langs
     summary["sequential"] = config.sequential
     summary["skipped"] = {"count": len(skipped), "ids": skipped}
+    if prepare_seconds is not None:
+        summary["prepare_seconds"] = round(prepare_seconds, 3)
     if config.sequential:
         wanted = {row["record_id"] for row in evaluated}
         in_run_order = [row for row in rows if row["record_id"] in wanted and "error" not in row]

@@ -98,6 +98,12 @@ class EditMethod(ABC, Generic[ConfigT]):
         raise ConfigError(f"method {cls.name} has no presets (got --preset {name})")
 
     # --- the protocol -----------------------------------------------------------------------------
+    def prepare(self, langs: Sequence[str]) -> None:
+        """One-off work before the first edit in ``langs`` (key statistics, encoders); cached where it can be.
+
+        Runs lazily on first use anyway; calling it first lets a runner time it apart from the edits.
+        """
+
     @abstractmethod
     def edit(self, group: EditGroup) -> Edit:
         """Compute the edit for ``group``; the model's weights are the same afterwards."""

@@ -1,0 +1,137 @@
+"""The paper's comparison (Tables 2 and 3) on one model: every method, multilingual and monolingual, same records.
+
+Runs (or resumes) ``mkedit eval`` for each method and setting into ``OUT/<method>-<setting>/`` through the
+library, then prints:
+
+- Table 2 layout: multilingual setting, teacher-forced F1 / EM per language and metric, and ``avg``;
+- Table 3 layout: per language, the mean EM of the four metrics when that language alone is edited
+  (monolingual) and when all are edited together (multilingual), and the conflict = multilingual − monolingual;
+- seconds per edit and the one-off preparation time (key statistics of the locate-then-edit methods).
+
+    python benchmarks/compare_methods.py --data ../shared/data/bizsre/bizsre_test.json --langs en,zh \
+        --limit 30 --out runs/compare --set m-rome:stats_corpus=../shared/data/mzsre/train ...
+
+A method's hyperparameters can be overridden with ``--set METHOD:KEY=VALUE`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mkedit.data import load_records
+from mkedit.eval.report import METRICS, summary_markdown
+from mkedit.eval.runner import SUMMARY_JSON, EvalConfig, run_evaluation
+from mkedit.methods.config import parse_overrides
+from mkedit.methods.registry import build_method, method_names
+from mkedit.models import load_model
+
+SETTINGS = ("multilingual", "monolingual")
+
+
+def mean_em(summary: dict, lang: str) -> float | None:
+    """The Table 3 figure: mean EM over the four metrics of ``lang`` (None if any is missing)."""
+    values = [summary["scores"][lang][m]["em"] for m in METRICS]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def conflict_table(summaries: dict[tuple[str, str], dict], methods: list[str], langs: list[str]) -> str:
+    head = "| Method | " + " | ".join(f"{lang} mono | {lang} multi (Δ)" for lang in langs) + " |"
+    lines = [head, "| --- |" + " ---: | ---: |" * len(langs)]
+    for method in methods:
+        mono, multi = summaries.get((method, "monolingual")), summaries.get((method, "multilingual"))
+        cells = []
+        for lang in langs:
+            a = mean_em(mono, lang) if mono else None
+            b = mean_em(multi, lang) if multi else None
+            cells.append("—" if a is None else f"{a:.2f}")
+            cells.append("—" if b is None else f"{b:.2f}" + ("" if a is None else f" ({b - a:+.2f})"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str]) -> str:
+    lines = [
+        "| Method | Setting | Records | s / edit | one-off preparation (s, this call) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for method in methods:
+        for setting in SETTINGS:
+            s = summaries.get((method, setting))
+            if s:
+                spe = s.get("seconds_per_edit")
+                prep = s.get("prepare_seconds")
+                lines.append(
+                    f"| {method} | {setting} | {s['n_records']} | {'—' if spe is None else f'{spe:.1f}'} | "
+                    f"{'—' if prep is None else f'{prep:.1f}'} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--langs", default="en,zh")
+    parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--methods", default=",".join(method_names()))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="METHOD:KEY=VALUE")
+    parser.add_argument("--no-generation", action="store_true", help="Teacher-forced scores only")
+    parser.add_argument("--report-only", action="store_true", help="Print the tables from existing runs")
+    args = parser.parse_args()
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    per_method: dict[str, list[str]] = {m: [] for m in methods}
+    for item in args.overrides:
+        method, _, pair = item.partition(":")
+        if method not in per_method:
+            parser.error(f"--set {item}: {method!r} is not one of --methods")
+        per_method[method].append(pair)
+
+    summaries: dict[tuple[str, str], dict] = {}
+    loaded = None if args.report_only else load_model(args.model)
+    for method in methods:
+        for setting in settings:
+            out = args.out / f"{method}-{setting}"
+            if loaded is not None:
+                config = EvalConfig(
+                    method=method,
+                    model=args.model,
+                    data=args.data,
+                    langs=tuple(langs),
+                    limit=args.limit,
+                    offset=args.offset,
+                    setting=setting,  # type: ignore[arg-type]
+                    generation=not args.no_generation,
+                )
+                records = load_records(args.data, config.langs, args.limit, args.offset)
+                editor = build_method(
+                    method, loaded.model, loaded.tokenizer, loaded.name, overrides=parse_overrides(per_method[method])
+                )
+                print(f"[{method} / {setting}] {len(records)} records -> {out}", file=sys.stderr)
+                summaries[(method, setting)] = run_evaluation(
+                    loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor
+                )
+            elif (out / SUMMARY_JSON).is_file():
+                summaries[(method, setting)] = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
+
+    multi = [summaries[(m, "multilingual")] for m in methods if (m, "multilingual") in summaries]
+    if multi:
+        print("## Multilingual setting (Table 2 layout)\n")
+        print(summary_markdown(multi))
+    if any(setting == "monolingual" for _, setting in summaries):
+        print("## Monolingual vs multilingual: mean EM of the four metrics (Table 3 layout)\n")
+        print(conflict_table(summaries, methods, langs) + "\n")
+    print("## Time\n")
+    print(timing_table(summaries, methods))
+
+
+if __name__ == "__main__":
+    main()
