@@ -97,3 +97,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The packaged Qwen2.5-0.5B, loaded once for every real-model test."""
+    from mkedit.models import load_model
+    from mkedit.models.registry import is_installed
+
+    if not is_installed("qwen2.5-0.5b"):
+        pytest.fail("qwen2.5-0.5b is not installed: run scripts/install.sh --dev")
+    return load_model("qwen2.5-0.5b")

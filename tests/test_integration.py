@@ -25,13 +25,6 @@ def _logits_fn(edited: EditedModel):
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    if not is_installed("qwen2.5-0.5b"):
-        pytest.fail("qwen2.5-0.5b is not installed: run scripts/install.sh --dev")
-    return load_model("qwen2.5-0.5b")
-
-
-@pytest.fixture(scope="module")
 def qwen_edit(qwen):
     record = demo_records()[0]
     group = record.group.restrict(["en", "zh"])

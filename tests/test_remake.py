@@ -80,18 +80,22 @@ def test_backbone_hidden_state_is_hfs_and_stops_early(family: str) -> None:
     assert not calls  # the blocks above the pooled layer never ran
 
 
-def test_rewrite_writes_remakes_format_with_one_line_per_language() -> None:
+def test_rewrite_writes_remakes_format_with_one_line_per_language_best_first() -> None:
     method = make()
     with method.applied([method.edit(PARIS)]) as view:
         text = view.rewrite("Where is the Eiffel Tower located?", "en")
     assert text == (
         "Question: Where is the Eiffel Tower located? Answer: Rome\n"
-        "Question: 埃菲尔铁塔位于哪里？ Answer: 罗马\n"
+        "Question: 埃菲尔铁塔位于哪里？ Answer:罗马\n"
         "Question: Where is the Eiffel Tower located? Answer:"
     )
     bare = make(config=STRICT.replace(wrap_query=False))
     with bare.applied([bare.edit(PARIS)]) as view:
-        assert view.rewrite("埃菲尔铁塔位于哪里？", "zh").endswith("Answer: 罗马\n埃菲尔铁塔位于哪里？")
+        assert view.rewrite("埃菲尔铁塔位于哪里？", "zh") == (
+            "Question: 埃菲尔铁塔位于哪里？ Answer:罗马\n"  # the query's own question scores 1: first
+            "Question: Where is the Eiffel Tower located? Answer: Rome\n"
+            "埃菲尔铁塔位于哪里？"
+        )
 
 
 def test_near_paraphrase_retrieves_its_edit_by_similarity() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mkedit.languages import get_language
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.registry import register_method
 from mkedit.methods.remake.config import DEFAULT_THRESHOLDS, ReMaKEConfig
@@ -34,9 +35,11 @@ METHOD_NAME = "remake"
 EMB_PREFIX = "emb/"
 
 
-def qa_line(question: str, answer: str) -> str:
-    """One retrieved fact in ReMaKE's in-context format."""
-    return f"Question: {question.strip()} Answer: {answer.strip()}\n"
+def qa_line(question: str, answer: str, lang: str) -> str:
+    """One retrieved fact in ReMaKE's in-context format. The answer follows "Answer:" the way an answer
+    follows a prompt in its language (prompting.encode_answer): after a space where words are spaced,
+    directly otherwise, so that the context shows the model exactly the form it is scored on."""
+    return f"Question: {question.strip()} Answer:{get_language(lang).word_sep}{answer.strip()}\n"
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,9 @@ class ReMaKE(EditMethod[ReMaKEConfig]):
         _ = self.encoder
 
     def format_prompt(self, prompt: str, hits: Sequence[Retrieved]) -> str:
-        """Context lines (memory-language order, best first) followed by the query."""
-        context = "".join(qa_line(hit.question, hit.answer) for hit in hits)
+        """Context lines, most similar to the query first (usually the query's own language), then the query."""
+        ranked = sorted(hits, key=lambda hit: -hit.score)
+        context = "".join(qa_line(hit.question, hit.answer, hit.lang) for hit in ranked)
         query = f"Question: {prompt.strip()} Answer:" if self.config.wrap_query else prompt
         return context + query
 
