@@ -194,3 +194,29 @@ def test_resolve_layer(layer: int, expected: int | None) -> None:
             adapter.resolve_layer(layer)
     else:
         assert adapter.resolve_layer(layer) == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_locate_edit_accessors(family: str) -> None:
+    """W_out's parameter name and layout, the attention output and the block output, for every family."""
+    model = build_tiny_model(family)
+    adapter = get_adapter(model)
+    name, transposed = adapter.ffn_out_param(2)
+    weight = model.get_parameter(name)
+    assert weight is adapter.down_proj_module(2).weight
+    assert transposed == (family == "gpt2")
+    assert tuple(weight.shape) == ((adapter.d_ffn, adapter.d_model) if transposed else (adapter.d_model, adapter.d_ffn))
+    seen = {}
+    hooks = [
+        adapter.attn_out_module(2).register_forward_hook(lambda _m, _i, out: seen.__setitem__("attn", out)),
+        adapter.block_module(2).register_forward_hook(lambda _m, _i, out: seen.__setitem__("block", out)),
+    ]
+    try:
+        with torch.no_grad():
+            hidden = adapter.base_model(input_ids=_ids(2, 5), output_hidden_states=True).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen["attn"].shape == (2, 5, adapter.d_model)
+    block = seen["block"][0] if isinstance(seen["block"], tuple) else seen["block"]
+    torch.testing.assert_close(block, hidden[3])  # hidden_states[0] is the embedding output

@@ -21,18 +21,33 @@ from mkedit.prompting import encode_prompt_answer
 from mkedit.runtime.cache import EditCache
 from mkedit.types import EditGroup, EditRequest
 
+# The subject ends each question: on random 64-wide models a value written at the subject reaches the
+# answer mostly through the residual stream of that position (attention is diffuse), so the rank-one
+# weight edits show their effect in a few steps, and a short answer keeps them few; the real-model tests
+# use ordinary questions.
 GROUP = EditGroup(
     (
-        EditRequest("en", "Russia", "Who is the president of Russia?", "Boris"),
-        EditRequest("zh", "俄罗斯", "俄罗斯的总统是谁?", "鲍里斯"),
+        EditRequest("en", "Alice", "The birthplace of Alice", "Oz"),
+        EditRequest("zh", "爱丽丝", "出生地：爱丽丝", "Oz"),
     ),
     "g1",
 )
 UNRELATED = "What is two plus two?"
 
 # Small, fast settings per method for 4-layer, 64-wide random models (the mechanics, not the quality).
+LOCATE_EDIT = {
+    "stats_samples": "40",
+    "num_prefixes": "2",
+    "prefix_length": "4",
+    "v_num_grad_steps": "20",
+    "v_weight_decay": "0",  # relative to the tiny models' tiny value norms it would swamp the update
+    "clamp_norm_factor": "10",
+}
 TINY_SETTINGS: dict[str, dict[str, str]] = {
     "lu-lafns": {"layers": "1,2", "max_steps": "5", "num_prefixes": "1", "prefix_length": "3"},
+    "m-rome": LOCATE_EDIT,
+    "m-memit": LOCATE_EDIT,
+    "m-pmet": LOCATE_EDIT,
 }
 # Methods whose effect is not on the weights or neurons but in the prompt: a random model cannot be
 # expected to copy an answer from a context, so for them the contract checks that the context holds it.
@@ -102,7 +117,7 @@ def test_method_contract(name: str, family: str, tmp_path: Path, monkeypatch: py
 
     with method.applied([]) as view:
         base_logits = prompt_logits(method, view, GROUP.requests[0].question)
-        base_logprob = answer_logprob(method, view, GROUP.requests[0].question, "Boris", "en")
+        base_logprob = answer_logprob(method, view, GROUP.requests[0].question, "Oz", "en")
     ids = torch.tensor([method.tokenizer(GROUP.requests[0].question)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(base_logits, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
@@ -115,9 +130,9 @@ def test_method_contract(name: str, family: str, tmp_path: Path, monkeypatch: py
     with method.applied([edit]) as view:
         edited_logits = prompt_logits(method, view, GROUP.requests[0].question)
         if name in CONTEXT_METHODS:
-            assert "Boris" in view.rewrite(GROUP.requests[0].question, "en")
+            assert "Oz" in view.rewrite(GROUP.requests[0].question, "en")
         else:
-            assert answer_logprob(method, view, GROUP.requests[0].question, "Boris", "en") > base_logprob
+            assert answer_logprob(method, view, GROUP.requests[0].question, "Oz", "en") > base_logprob
     assert_same_state(model, before)
     assert torch.equal(weights_checksum(model), checksum)
 

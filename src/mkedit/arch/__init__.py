@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mkedit.arch.base import FFNAdapter, NeuronSite
+from mkedit.arch.base import ATTENTION_ROLES, FFN_ROLES, FFNAdapter, NeuronSite, ProjectionRole
 from mkedit.arch.bloom import BloomAdapter
 from mkedit.arch.gated import GatedFFNAdapter
 from mkedit.arch.gpt2 import GPT2Adapter
@@ -30,4 +30,13 @@ def get_adapter(model: nn.Module) -> FFNAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "FFNAdapter", "NeuronSite", "get_adapter", "supported_model_types"]
+__all__ = [
+    "ADAPTERS",
+    "ATTENTION_ROLES",
+    "FFN_ROLES",
+    "FFNAdapter",
+    "NeuronSite",
+    "ProjectionRole",
+    "get_adapter",
+    "supported_model_types",
+]

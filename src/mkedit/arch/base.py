@@ -16,12 +16,21 @@ from torch import nn
 
 NeuronSite = Literal["act_fn", "down_proj_input"]
 
+ProjectionRole = Literal["q", "k", "v", "qkv", "o", "gate", "up", "down"]
+"""A block's weight projections by role: attention query, key, value (``qkv`` where fused) and output;
+FFN ``gate`` (gated FFNs only), ``up`` (the other input projection: W2 of Eq. 3, W1 of a plain FFN) and
+``down`` (W_out)."""
+ATTENTION_ROLES: tuple[ProjectionRole, ...] = ("q", "k", "v", "qkv", "o")
+FFN_ROLES: tuple[ProjectionRole, ...] = ("gate", "up", "down")
+
 
 class FFNAdapter(ABC):
     """Access to the FFN neurons of one model family."""
 
     model_types: ClassVar[tuple[str, ...]]  # HF ``config.model_type`` values this adapter serves
     gated: ClassVar[bool]
+    transposed_weights: ClassVar[bool] = False
+    """Projection weights are stored ``[in, out]`` (GPT-2's ``Conv1D``) instead of ``[out, in]`` (``nn.Linear``)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -45,6 +54,10 @@ class FFNAdapter(ABC):
     def down_proj_module(self, layer: int) -> nn.Module:
         """Module whose forward input is multiplied by W_out of ``layer``: ``[batch, seq, d_ffn]``."""
 
+    @abstractmethod
+    def projections(self, layer: int) -> dict[ProjectionRole, nn.Module]:
+        """The weight projections of block ``layer`` by role (for methods that adapt whole matrices, e.g. LoRA)."""
+
     @property
     @abstractmethod
     def d_ffn(self) -> int:
@@ -53,6 +66,30 @@ class FFNAdapter(ABC):
     @property
     def n_layers(self) -> int:
         return len(self.layers())
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (what W_out writes into)."""
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    def block_module(self, layer: int) -> nn.Module:
+        """Decoder block ``layer``; its forward output (a tensor, or a tuple whose first item is one) is the
+        residual stream ``[batch, seq, d_model]`` after the block."""
+        return self.layers()[layer]
+
+    def attn_out_module(self, layer: int) -> nn.Module:
+        """Module whose forward output is the attention's output projection ``[batch, seq, d_model]``, before
+        the residual add (and before Gemma's post-attention norm)."""
+        return self.projections(layer)["o"]
+
+    def ffn_out_param(self, layer: int) -> tuple[str, bool]:
+        """W_out of ``layer``: its name in ``model.named_parameters()`` and whether it is stored transposed,
+        ``[d_ffn, d_model]`` (GPT-2's ``Conv1D``), rather than ``[d_model, d_ffn]`` (``nn.Linear``)."""
+        target = self.down_proj_module(layer).weight
+        for name, param in self.model.named_parameters():
+            if param is target:
+                return name, self.transposed_weights
+        raise RuntimeError(f"W_out of layer {layer} is not among the model's named parameters")
 
     def resolve_layer(self, layer: int) -> int:
         """Accept negative indices (``-1`` = last layer) and check the range."""

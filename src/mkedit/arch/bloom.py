@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mkedit.arch.base import FFNAdapter
+from mkedit.arch.base import FFNAdapter, ProjectionRole
 
 
 class BloomAdapter(FFNAdapter):
@@ -19,6 +19,10 @@ class BloomAdapter(FFNAdapter):
 
     def down_proj_module(self, layer: int) -> nn.Module:
         return self.layers()[layer].mlp.dense_4h_to_h
+
+    def projections(self, layer: int) -> dict[ProjectionRole, nn.Module]:
+        attn, mlp = self.layers()[layer].self_attention, self.layers()[layer].mlp
+        return {"qkv": attn.query_key_value, "o": attn.dense, "up": mlp.dense_h_to_4h, "down": mlp.dense_4h_to_h}
 
     @property
     def d_ffn(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mkedit.arch.base import FFNAdapter
+from mkedit.arch.base import FFNAdapter, ProjectionRole
 
 
 class GatedFFNAdapter(FFNAdapter):
@@ -21,6 +21,18 @@ class GatedFFNAdapter(FFNAdapter):
 
     def down_proj_module(self, layer: int) -> nn.Module:
         return self.layers()[layer].mlp.down_proj
+
+    def projections(self, layer: int) -> dict[ProjectionRole, nn.Module]:
+        attn, mlp = self.layers()[layer].self_attn, self.layers()[layer].mlp
+        return {
+            "q": attn.q_proj,
+            "k": attn.k_proj,
+            "v": attn.v_proj,
+            "o": attn.o_proj,
+            "gate": mlp.gate_proj,
+            "up": mlp.up_proj,
+            "down": mlp.down_proj,
+        }
 
     @property
     def d_ffn(self) -> int:

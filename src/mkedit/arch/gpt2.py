@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from mkedit.arch.base import FFNAdapter
+from mkedit.arch.base import FFNAdapter, ProjectionRole
 
 
 class GPT2Adapter(FFNAdapter):
     model_types = ("gpt2",)
     gated = False
+    transposed_weights = True  # Conv1D weights are [in, out]
 
     def layers(self) -> nn.ModuleList:
         return self.base_model.h
@@ -19,6 +20,10 @@ class GPT2Adapter(FFNAdapter):
 
     def down_proj_module(self, layer: int) -> nn.Module:
         return self.layers()[layer].mlp.c_proj
+
+    def projections(self, layer: int) -> dict[ProjectionRole, nn.Module]:
+        attn, mlp = self.layers()[layer].attn, self.layers()[layer].mlp
+        return {"qkv": attn.c_attn, "o": attn.c_proj, "up": mlp.c_fc, "down": mlp.c_proj}
 
     @property
     def d_ffn(self) -> int:

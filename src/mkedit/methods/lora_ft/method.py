@@ -233,4 +233,4 @@ class LoraFtMethod(EditMethod[LoraFtConfig]):
         """The model with every edit's deltas added (stacked, in order); the original weights come back on exit."""
         self.check_edits(edits)
         with added_weights(self.model, edits):
-            yield ModelView(self.model)
+            yield ModelView(self.model, [e.edit_id for e in edits])
