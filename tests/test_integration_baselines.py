@@ -4,6 +4,8 @@ languages while in force, and leave the model's weights exactly as they were."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,14 +34,22 @@ def _next_tokens(view, qwen, prompts: list[str]) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("name", "settings"),
-    [
-        ("lora-ft", {}),
-        ("remake", {}),
-    ],
-)
-def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str, settings: dict[str, str]) -> None:
+def stats_corpus(folder: Path) -> str:
+    """A small question corpus per language, written here (the project ships no data) for the key statistics
+    of the locate-then-edit methods; a real run uses MzsRE's training questions or any text."""
+    things = ["the Eiffel Tower", "Mount Fuji", "the Amazon river", "Nokia", "the Beatles", "Marie Curie"]
+    things_zh = ["埃菲尔铁塔", "富士山", "亚马逊河", "诺基亚", "披头士乐队", "居里夫人"]
+    en = ["Where is {} located?", "Who founded {}?", "When was {} created?", "What is {} known for?"]
+    zh = ["{}位于哪里？", "{}是谁创立的？", "{}是什么时候创建的？", "{}以什么闻名？"]
+    for lang, names, templates in (("en", things, en), ("zh", things_zh, zh)):
+        lines = [t.format(n) for t in templates for n in names]
+        (folder / f"questions_{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(folder / "questions_{lang}.txt")
+
+
+@pytest.mark.parametrize("name", ["m-memit", "lora-ft", "remake"])
+def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str, tmp_path: Path) -> None:
+    settings = {"stats_corpus": stats_corpus(tmp_path)} if name.startswith("m-") else {}
     group = demo_records()[0].group.restrict(["en", "zh"])
     cases = [(r.question, r.answer, r.lang) for r in group.requests]
     method = build_method(name, qwen.model, qwen.tokenizer, qwen.name, overrides=settings)

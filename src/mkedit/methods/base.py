@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mkedit.arch import FFNAdapter, get_adapter
 from mkedit.errors import MkeditError
+from mkedit.methods.common.prefixes import sample_prefixes
 from mkedit.methods.config import ConfigError, MethodConfig
 from mkedit.methods.view import EditedView
 from mkedit.models.fingerprint import model_fingerprint
@@ -96,6 +97,22 @@ class EditMethod(ABC, Generic[ConfigT]):
     def preset_config(cls, name: str) -> ConfigT:
         """The named preset's configuration; methods without presets refuse."""
         raise ConfigError(f"method {cls.name} has no presets (got --preset {name})")
+
+    def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        """Layer indices as sorted, distinct, non-negative ones (``-1`` = the last layer); range-checked."""
+        return tuple(sorted({self.adapter.resolve_layer(layer) for layer in layers}))
+
+    # --- shared mechanisms ------------------------------------------------------------------------
+    def prefixes(self, lang: str) -> list[str]:
+        """``lang``'s random prefixes (the paper's Eq. 8, MEMIT's context templates), for methods whose config
+        has ``num_prefixes``, ``prefix_length`` and ``seed``. They depend on the model, language and seed
+        only, so they are sampled once per method instance and shared by every edit."""
+        cache: dict[str, list[str]] = self.__dict__.setdefault("_prefixes", {})
+        if lang not in cache:
+            cfg: Any = self.config
+            seed = cfg.seed + sum(map(ord, lang))
+            cache[lang] = sample_prefixes(self.model, self.tokenizer, lang, cfg.num_prefixes, cfg.prefix_length, seed)
+        return cache[lang]
 
     # --- the protocol -----------------------------------------------------------------------------
     def prepare(self, langs: Sequence[str]) -> None:

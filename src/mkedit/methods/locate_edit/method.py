@@ -32,7 +32,6 @@ from mkedit.methods.locate_edit.stats import SecondMoments
 from mkedit.methods.locate_edit.updates import param_layout
 from mkedit.methods.locate_edit.values import Reading, ValueResult, optimise_value, read_at_subject
 from mkedit.methods.lu_lafns.batch import TensorBatch, sequences_for_request, to_tensor_batch
-from mkedit.methods.lu_lafns.prefixes import sample_prefixes
 from mkedit.methods.view import ModelView
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit
@@ -93,7 +92,6 @@ class LocateEditMethod(EditMethod[ConfigT]):
         overrides: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(model, tokenizer, config, model_name, overrides)
-        self._prefixes: dict[str, list[str]] = {}
         # Taken now, on the model as given (untouched), so stats keep their key when edits are in force.
         fingerprint = model_fingerprint(model, self.model_name)
         self._base_checksum = self._edited_weights_checksum()
@@ -110,22 +108,13 @@ class LocateEditMethod(EditMethod[ConfigT]):
 
     def prepare_config(self, config: ConfigT) -> ConfigT:
         layers = config.layers or self.reference_layers()
-        resolved = tuple(sorted({self.adapter.resolve_layer(layer) for layer in layers}))
+        resolved = self.resolve_layers(layers)
         if len(resolved) != len(layers):
             n = self.adapter.n_layers
             raise ValueError(f"layers {config.layers} name the same layer twice on a {n}-layer model")
         return config.replace(layers=resolved)
 
     # --- shared machinery -------------------------------------------------------------------------
-    def prefixes(self, lang: str) -> list[str]:
-        """``lang``'s random prefixes, sampled once per method instance (MEMIT's context templates)."""
-        if lang not in self._prefixes:
-            seed = self.config.seed + sum(map(ord, lang))
-            cfg = self.config
-            self._prefixes[lang] = sample_prefixes(self.model, self.tokenizer, lang, cfg.num_prefixes,
-                                                   cfg.prefix_length, seed)  # fmt: skip
-        return self._prefixes[lang]
-
     def prepare(self, langs: Sequence[str]) -> None:
         """Compute (or load) the key statistics of every edited layer for ``langs`` now, on the model as it
         is: call it before edits are put in force (``edit`` calls it too, for its group's languages)."""

@@ -27,7 +27,6 @@ from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.common.weights import added_weights, low_rank_tensors, only_trainable
 from mkedit.methods.lora_ft.config import LoraFtConfig, LoraTarget
 from mkedit.methods.lu_lafns.editor import line_break_id
-from mkedit.methods.lu_lafns.prefixes import sample_prefixes
 from mkedit.methods.registry import register_method
 from mkedit.methods.view import ModelView
 from mkedit.prompting import encode_prompt_answer
@@ -115,14 +114,10 @@ class LoraFtMethod(EditMethod[LoraFtConfig]):
     config_class = LoraFtConfig
     summary = "LoRA fine-tuning (PEFT) on every language of the edit; applied as low-rank weight deltas"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._prefixes: dict[str, list[str]] = {}
-
     def prepare_config(self, config: LoraFtConfig) -> LoraFtConfig:
         if config.layers is None:
             return config
-        return config.replace(layers=tuple(sorted({self.adapter.resolve_layer(x) for x in config.layers})))
+        return config.replace(layers=self.resolve_layers(config.layers))
 
     # --- what is trained ----------------------------------------------------------------------------
     def target_modules(self) -> list[str]:
@@ -135,16 +130,6 @@ class LoraFtMethod(EditMethod[LoraFtConfig]):
         if not names:
             raise ValueError(f"target {cfg.target!r} selects no projection in layers {list(layers)}")
         return names
-
-    def prefixes(self, lang: str) -> list[str]:
-        """Random prefixes of ``lang``, sampled once per method object from the unedited model (as in LU-LAFNs)."""
-        if lang not in self._prefixes:
-            cfg = self.config
-            seed = cfg.seed + sum(map(ord, lang))
-            self._prefixes[lang] = sample_prefixes(
-                self.model, self.tokenizer, lang, cfg.num_prefixes, cfg.prefix_length, seed
-            )
-        return self._prefixes[lang]
 
     def training_sequences(self, group: EditGroup) -> list[tuple[list[int], int]]:
         """(ids, first answer index) of each question (bare, then after each prefix) with its answer."""

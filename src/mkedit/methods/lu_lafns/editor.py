@@ -16,7 +16,6 @@ from mkedit.methods.lu_lafns.batch import TrainSequence, sequences_for_request
 from mkedit.methods.lu_lafns.config import LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
-from mkedit.methods.lu_lafns.prefixes import sample_prefixes
 from mkedit.methods.registry import register_method
 from mkedit.runtime.cache import Edit
 from mkedit.runtime.edited_model import EditedModel, neuron_tensors
@@ -45,30 +44,15 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
     config_class = LuLafnConfig
     summary = "the paper's method: ΔV on language-agnostic factual neurons, applied per subject at inference"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._prefixes: dict[str, list[str]] = {}
-
     def default_config(self) -> LuLafnConfig:
         return preset_for(self.model_name).config
 
     def prepare_config(self, config: LuLafnConfig) -> LuLafnConfig:
-        return config.replace(layers=tuple(sorted({self.adapter.resolve_layer(x) for x in config.layers})))
+        return config.replace(layers=self.resolve_layers(config.layers))
 
     @classmethod
     def preset_config(cls, name: str) -> LuLafnConfig:
         return get_preset(name).config
-
-    def prefixes(self, lang: str) -> list[str]:
-        """The random prefixes of ``lang``: they depend on the model, language and seed only, so they
-        are sampled once per editor and shared by every edit (as MEMIT shares its context templates)."""
-        if lang not in self._prefixes:
-            cfg = self.config
-            seed = cfg.seed + sum(map(ord, lang))
-            self._prefixes[lang] = sample_prefixes(
-                self.model, self.tokenizer, lang, cfg.num_prefixes, cfg.prefix_length, seed
-            )
-        return self._prefixes[lang]
 
     def locate(self, group: EditGroup) -> LocateResult:
         cfg = self.config
