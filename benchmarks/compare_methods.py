@@ -98,9 +98,15 @@ def main() -> None:
     summaries: dict[tuple[str, str], dict] = {}
     loaded = None if args.report_only else load_model(args.model)
     for method in methods:
+        # One instance per method across settings: the locate-then-edit methods then reuse a fact's learned
+        # values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its cached z.
+        editor = None
+        if loaded is not None:
+            overrides = parse_overrides(per_method[method])
+            editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
         for setting in settings:
             out = args.out / f"{method}-{setting}"
-            if loaded is not None:
+            if editor is not None:
                 config = EvalConfig(
                     method=method,
                     model=args.model,
@@ -112,9 +118,6 @@ def main() -> None:
                     generation=not args.no_generation,
                 )
                 records = load_records(args.data, config.langs, args.limit, args.offset)
-                editor = build_method(
-                    method, loaded.model, loaded.tokenizer, loaded.name, overrides=parse_overrides(per_method[method])
-                )
                 print(f"[{method} / {setting}] {len(records)} records -> {out}", file=sys.stderr)
                 summaries[(method, setting)] = run_evaluation(
                     loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor

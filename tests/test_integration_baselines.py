@@ -1,9 +1,11 @@
-"""The paper's baselines on a real packaged model: LoRA fine-tuning and retrieval in context (the
-locate-then-edit family is not here yet: with a statistics corpus small enough for a test, M-MEMIT missed
-the zh answer on this record; its mechanics are tested on tiny models). An en+zh edit must give the new answer in both
-languages while in force, and leave the model's weights exactly as they were."""
+"""The paper's baselines on a real packaged model, one per family: weight editing by locate-then-edit
+(M-ROME), LoRA fine-tuning and retrieval in context. An en+zh edit must give the new answer in both
+languages while in force, keep an unrelated prompt's next token, and leave the model's weights exactly
+as they were."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,12 @@ from mkedit.prompting import encode_prompt_answer
 
 pytestmark = pytest.mark.slow
 
-UNRELATED = ["The capital of France is", "问：法国的首都是哪里？\n答："]
+# M-ROME writes each language's answer as a rank-one update at its subject's key, one language after the
+# other, so languages whose subject keys nearly coincide overwrite each other (the paper's knowledge
+# conflict, measured by benchmarks/compare_methods.py). The Volvo record's subject ends in "B12M" in both
+# languages; the Eiffel Tower record's subjects share no token, so the test checks the mechanism.
+RECORD = {"m-rome": 1}
+UNRELATED = ["Water is made of hydrogen and", "问：太阳系中最大的行星是什么？\n答："]  # about neither record
 
 
 def _predict(view, qwen, cases):
@@ -43,10 +50,114 @@ def _next_tokens(view, qwen, prompts: list[str]) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", ["lora-ft", "remake"])
-def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str) -> None:
-    settings: dict[str, str] = {}
-    group = demo_records()[0].group.restrict(["en", "zh"])
+# Words for a small corpus written here (the project ships no data): the locate-then-edit methods need
+# more key tokens than the keys have dimensions (4,864 on qwen2.5-0.5b), or their statistics are refused.
+NAMES = {
+    "en": [
+        "Anna Berg",
+        "the Nile",
+        "Mount Kenya",
+        "Lisbon",
+        "Siemens",
+        "the Louvre",
+        "Pablo Neruda",
+        "Lake Baikal",
+        "Kyoto",
+        "Unilever",
+        "the Danube",
+        "Frida Kahlo",
+        "the Sahara",
+        "Oslo",
+        "Samsung",
+        "the Alps",
+        "Leo Tolstoy",
+        "Cairo",
+        "Airbus",
+        "the Andes",
+        "Jane Austen",
+        "Quebec",
+        "Ferrari",
+        "the Ganges",
+    ],
+    "zh": [
+        "安娜·伯格",
+        "尼罗河",
+        "肯尼亚山",
+        "里斯本",
+        "西门子",
+        "卢浮宫",
+        "聂鲁达",
+        "贝加尔湖",
+        "京都",
+        "联合利华",
+        "多瑙河",
+        "弗里达·卡罗",
+        "撒哈拉沙漠",
+        "奥斯陆",
+        "三星",
+        "阿尔卑斯山",
+        "列夫·托尔斯泰",
+        "开罗",
+        "空中客车",
+        "安第斯山脉",
+        "简·奥斯汀",
+        "魁北克",
+        "法拉利",
+        "恒河",
+    ],
+}
+TEMPLATES = {
+    "en": [
+        "Where is {} located?",
+        "Who founded {} in {}?",
+        "What happened to {} in the year {}?",
+        "{} was first described in {}.",
+        "Many visitors came to see {} during {}.",
+        "What is {} known for?",
+        "In {1}, a book about {0} was published.",
+        "Which country does {} belong to?",
+        "The story of {} began around {}.",
+        "How old was {} in {}?",
+        "Who wrote about {} in {}?",
+        "People still talk about {} and the events of {}.",
+    ],
+    "zh": [
+        "{}位于哪里？",
+        "{}是谁在{}年创立的？",
+        "{}在{}年发生了什么？",
+        "{}最早在{}年被记载。",
+        "{1}年有很多游客来看{0}。",
+        "{}以什么闻名？",
+        "{1}年出版了一本关于{0}的书。",
+        "{}属于哪个国家？",
+        "{}的故事大约始于{}年。",
+        "{}在{}年时有多大？",
+        "{}年谁写过关于{}的文章？",
+        "人们仍在谈论{}和{}年的事情。",
+    ],
+}
+
+
+def stats_corpus(folder: Path) -> str:
+    """Every name in every template with a few years: ~1,400 distinct lines, ~18k tokens per language.
+
+    Enough to make C non-singular for M-ROME's test; real runs use MzsRE's training questions or any text.
+    """
+    for lang, names in NAMES.items():
+        lines = dict.fromkeys(
+            template.format(name, 1890 + (7 * i + 13 * j + 3 * k) % 130)
+            for k in range(6)
+            for i, name in enumerate(names)
+            for j, template in enumerate(TEMPLATES[lang])
+        )
+        (folder / f"corpus_{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(folder / "corpus_{lang}.txt")
+
+
+@pytest.mark.parametrize("name", ["m-rome", "lora-ft", "remake"])
+def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str, tmp_path: Path) -> None:
+    settings = {"stats_corpus": stats_corpus(tmp_path)} if name == "m-rome" else {}
+    group = demo_records()[RECORD.get(name, 0)].group.restrict(["en", "zh"])
     cases = [(r.question, r.answer, r.lang) for r in group.requests]
     method = build_method(name, qwen.model, qwen.tokenizer, qwen.name, overrides=settings)
     checksum = weights_checksum(qwen.model)

@@ -250,3 +250,33 @@ def test_stats_computed_with_edits_in_force_warn(corpus: Path, caplog: pytest.Lo
     with method.applied([first]), caplog.at_level("WARNING"):
         method.edit(GROUP.restrict(["zh"]))  # zh statistics are computed now, on the edited model
     assert "prepare(langs)" in caplog.text
+
+
+def test_statistics_from_fewer_tokens_than_key_dimensions_are_refused(corpus: Path) -> None:
+    """A singular C would let an edit move every other prompt; the error says how much text is needed,
+    and the statistics already computed stay on disk (loading them is refused the same way)."""
+    method = make("m-rome", "llama", corpus, stats_samples=2)
+    for _ in range(2):  # computed, then loaded from the cache
+        fresh = SecondMoments(method.adapter, method.tokenizer, model_fingerprint(method.model, "tiny"), str(corpus), 2)
+        with pytest.raises(StatsCorpusError, match=rf"fewer than the {method.adapter.d_ffn} dimensions"):
+            fresh.get(1, "en")
+    assert list((corpus.parent / "cache" / "stats").rglob("L001-en-*.safetensors"))
+
+
+def test_values_are_remembered_per_request_weights_and_updates_in_force(corpus: Path) -> None:
+    """A fact edited again (another benchmark setting) reuses its learned value and gets the same update;
+    with an earlier edit in the weights, or another language first (M-ROME), the value is learned anew."""
+    memit = make("m-memit", "qwen2", corpus)
+    first = memit.edit(GROUP)
+    again = memit.edit(GROUP)
+    alone = memit.edit(GROUP.restrict(["zh"]))
+    assert first.info["values_reused"] == [] and again.info["values_reused"] == ["en", "zh"]
+    assert alone.info["values_reused"] == ["zh"]
+    for name, tensor in first.tensors.items():
+        assert torch.equal(tensor, again.tensors[name])
+    with memit.applied([first]):
+        assert memit.edit(GROUP).info["values_reused"] == []
+    rome = make("m-rome", "qwen2", corpus)
+    rome.edit(GROUP)  # en first, then zh with en's update in force
+    assert rome.edit(GROUP.restrict(["zh"])).info["values_reused"] == []
+    assert rome.edit(GROUP.restrict(["en"])).info["values_reused"] == ["en"]

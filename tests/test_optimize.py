@@ -10,10 +10,10 @@ from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer, tiny_conf
 from mkedit.arch import get_adapter
 from mkedit.arch.hooks import Placement, capture_site_values, neuron_updates
 from mkedit.errors import MkeditError
-from mkedit.methods.lu_lafns.batch import EDIT_KEY, TrainSequence, sequences_for_request, to_tensor_batch
+from mkedit.methods.common.batch import EDIT_KEY, TrainSequence, read_logprobs, sequences_for_request, to_tensor_batch
 from mkedit.methods.lu_lafns.config import LuLafnConfig
 from mkedit.methods.lu_lafns.locate import intersect, locate_lafns, select_neurons
-from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta, read_logprobs
+from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta
 from mkedit.types import EditGroup, EditRequest
 
 # Not the last layer: ΔV sits at the subject's last token, and after the last block nothing carries it to

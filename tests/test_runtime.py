@@ -10,8 +10,8 @@ from mkedit.arch import get_adapter
 from mkedit.arch.hooks import Placement, neuron_updates
 from mkedit.errors import CacheError, SubjectNotFoundError
 from mkedit.methods.base import edit_id_for
+from mkedit.methods.common.batch import encode_with_subject, shift
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
-from mkedit.methods.lu_lafns.batch import encode_with_subject, shift
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel, neuron_deltas, neuron_tensors

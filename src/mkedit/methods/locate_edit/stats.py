@@ -141,7 +141,9 @@ class SecondMoments:
         todo = []
         for layer in missing:
             if paths[layer].is_file():
-                self._memory[(layer, lang)] = _load(paths[layer])[0]
+                moment, meta = _load(paths[layer])
+                _check_enough_keys(int(meta.get("tokens", 0)), moment.shape[0], layer, lang, str(file))
+                self._memory[(layer, lang)] = moment
             else:
                 todo.append(layer)
         if todo:
@@ -194,9 +196,13 @@ class SecondMoments:
             for batch_index, first in enumerate(range(start, len(texts), self.batch_size)):
                 chunk = texts[first : first + self.batch_size]
                 enc = self.tokenizer(
-                    chunk, return_tensors="pt", padding=True, truncation=True, max_length=MAX_TOKENS,
+                    chunk,
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
                     padding_side="right",
-                )  # fmt: skip
+                )
                 mask = enc["attention_mask"].to(device).bool()
                 with truncated_after(self.adapter, max(layers)):  # the blocks above cannot change the keys
                     self.adapter.base_model(input_ids=enc["input_ids"].to(device), attention_mask=mask.long())
@@ -222,7 +228,24 @@ class SecondMoments:
             meta = {"texts": len(texts), "tokens": tokens[layer], "source": source, "lang": lang, "layer": layer}
             _save(paths[layer], moment, meta)
             partial[layer].unlink(missing_ok=True)
+            _check_enough_keys(tokens[layer], d, layer, lang, source)
             self._memory[(layer, lang)] = moment
+
+
+def _check_enough_keys(tokens: int, d_ffn: int, layer: int, lang: str, source: str) -> None:
+    """Refuse a C estimated from fewer keys than it has dimensions.
+
+    Such a C is singular: the update rules then push W_out along directions no corpus key visited, and
+    every other prompt's output moves with them (on qwen2.5-0.5b, an M-ROME edit from 24 questions made
+    the model answer every prompt with the same junk token). The saved statistics stay on disk.
+    """
+    if tokens < d_ffn:
+        raise StatsCorpusError(
+            f"the key statistics of layer {layer} in {lang!r} come from {tokens} tokens of {source}, fewer than "
+            f"the {d_ffn} dimensions of the keys, so C is singular and an edit would disturb every other "
+            f"prompt; give more text (raise stats_samples, or a larger corpus): at least {d_ffn} tokens, "
+            "several times that for a good estimate"
+        )
 
 
 def _save(path: Path, tensor: torch.Tensor, meta: dict) -> None:

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 
 from mkedit.arch import FFNAdapter
 from mkedit.arch.replay import capture_block_output, replaying
+from mkedit.methods.common.batch import TensorBatch, read_logprobs
 from mkedit.methods.locate_edit.config import LocateEditConfig
 from mkedit.methods.locate_edit.hooks import FFNDeltas, Site, added_at, captured, ffn_deltas, truncated_after
-from mkedit.methods.lu_lafns.batch import TensorBatch
-from mkedit.methods.lu_lafns.optimize import read_logprobs
 
 
 @dataclass

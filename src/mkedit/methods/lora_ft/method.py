@@ -24,9 +24,9 @@ from mkedit.arch import ATTENTION_ROLES, FFN_ROLES, ProjectionRole
 from mkedit.errors import MkeditError
 from mkedit.languages import get_language
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
+from mkedit.methods.common.batch import line_break_id
 from mkedit.methods.common.weights import added_weights, low_rank_tensors, only_trainable
 from mkedit.methods.lora_ft.config import LoraFtConfig, LoraTarget
-from mkedit.methods.lu_lafns.editor import line_break_id
 from mkedit.methods.registry import register_method
 from mkedit.methods.view import ModelView
 from mkedit.prompting import encode_prompt_answer

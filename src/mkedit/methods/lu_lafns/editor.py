@@ -8,11 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from transformers import PreTrainedTokenizerBase
-
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
+from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request
 from mkedit.methods.common.weights import only_trainable
-from mkedit.methods.lu_lafns.batch import TrainSequence, sequences_for_request
 from mkedit.methods.lu_lafns.config import LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
@@ -25,14 +23,6 @@ log = logging.getLogger(__name__)
 
 METHOD_NAME = "lu-lafns"
 StepCallback = Callable[[int, float], None]
-
-
-def line_break_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token of a bare line break: what ends a short answer in raw text."""
-    ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"this tokenizer has no single line-break token (got {ids}); set train_stop_token=False")
-    return ids[0]
 
 
 @register_method

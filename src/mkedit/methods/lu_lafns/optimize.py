@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mkedit.arch import FFNAdapter
 from mkedit.arch.hooks import capture_site_values, neuron_updates
 from mkedit.arch.replay import capture_block_output, replaying
-from mkedit.methods.lu_lafns.batch import EDIT_KEY, TensorBatch, TrainSequence, to_tensor_batch
+from mkedit.methods.common.batch import EDIT_KEY, TensorBatch, TrainSequence, read_logprobs, to_tensor_batch
 from mkedit.methods.lu_lafns.config import LuLafnConfig
 
 log = logging.getLogger(__name__)
@@ -34,18 +34,6 @@ class OptimizeResult:
     kl: float
     history: list[float] = field(default_factory=list)  # total loss per step
     seconds: float = 0.0
-
-
-def read_logprobs(
-    adapter: FFNAdapter, batch: TensorBatch, rows: torch.Tensor, pos: torch.Tensor, full_logits: bool
-) -> torch.Tensor:
-    """Log-probabilities ``[n, vocab]`` at ``(rows, pos)``. With ``full_logits=False`` the output head
-    runs only at those positions instead of everywhere."""
-    if full_logits:
-        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return F.log_softmax(logits[rows, pos].float(), dim=-1)
-    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return F.log_softmax(adapter.logits_from_hidden(hidden.last_hidden_state[rows, pos]).float(), dim=-1)
 
 
 @dataclass

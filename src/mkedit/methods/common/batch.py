@@ -1,8 +1,9 @@
-"""The training sequences of one edit group, and how they become padded tensors.
+"""The training sequences of one edit request, how they become padded tensors, and how the loss reads them.
 
-Per language: the question after each random prefix (and bare), followed by the new answer (Eq. 8),
-and one "{subject} is a" prompt for the KL term (Eq. 9). Every sequence records where its subject's
-last token is, since that is where ΔV is added.
+Shared by every method that trains on an edit (LU-LAFNs, LoRA-FT, the locate-then-edit values). Per
+language: the question after each random prefix (and bare), followed by the new answer (Eq. 8), and
+one "{subject} is a" prompt for the KL term (Eq. 9). Every sequence records where its subject's last
+token is, since that is where LU-LAFNs adds ΔV and the locate-then-edit methods read their key.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from mkedit.arch import FFNAdapter
 from mkedit.arch.hooks import Placement
 from mkedit.languages import get_language
 from mkedit.prompting import encode_answer
@@ -29,6 +32,14 @@ class TrainSequence:
     subject_pos: int
     kind: Literal["target", "kl"]
     answer_start: int = -1  # first answer token (target sequences only)
+
+
+def line_break_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token of a bare line break: what ends a short answer in raw text."""
+    ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"this tokenizer has no single line-break token (got {ids}); set train_stop_token=False")
+    return ids[0]
 
 
 def encode_with_subject(tokenizer: PreTrainedTokenizerBase, text: str, span: SubjectSpan) -> tuple[list[int], int]:
@@ -137,3 +148,15 @@ def to_tensor_batch(
         subject_rows=long(s_rows),
         subject_pos=long(s_pos),
     )
+
+
+def read_logprobs(
+    adapter: FFNAdapter, batch: TensorBatch, rows: torch.Tensor, pos: torch.Tensor, full_logits: bool
+) -> torch.Tensor:
+    """Log-probabilities ``[n, vocab]`` at ``(rows, pos)``. With ``full_logits=False`` the output head
+    runs only at those positions instead of everywhere."""
+    if full_logits:
+        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return F.log_softmax(logits[rows, pos].float(), dim=-1)
+    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return F.log_softmax(adapter.logits_from_hidden(hidden.last_hidden_state[rows, pos]).float(), dim=-1)
