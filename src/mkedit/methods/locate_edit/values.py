@@ -1,6 +1,6 @@
 """Keys and target values of one language's request (ROME's compute_u/compute_v, MEMIT's compute_ks/compute_z).
 
-A language's batch (built by LU-LAFNs' ``sequences_for_request``) holds the bare question and the question
+A language's batch (built by ``common.batch.sequences_for_request``) holds the bare question and the question
 after each random prefix, all followed by the new answer, and one "{subject} is a" prompt; every row knows
 its subject's last token. The value optimisation adds one free vector per site at that token of every row
 and minimises
