@@ -77,7 +77,7 @@ def run_mode(loaded, groups, switches: dict[str, bool]) -> dict[str, float]:
         cache_bytes = sum(p.stat().st_size for p in folder.iterdir())
     edited = EditedModel(loaded.model, loaded.tokenizer, cache)
     cases = [(r.question, r.answer, r.lang) for g in groups for r in g.requests]
-    preds = teacher_forced(lambda ids, mask: edited(ids, mask).logits, loaded.tokenizer, cases)
+    preds = teacher_forced(edited.logits, loaded.tokenizer, cases)
     return {
         "locate": statistics.mean(locate),
         "optimise": statistics.mean(optimise),

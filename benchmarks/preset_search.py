@@ -36,12 +36,9 @@ def evaluate(loaded, records, langs, changes: dict) -> dict[str, float]:
         steps.append(edit.info["steps"])
         edited = EditedModel(loaded.model, loaded.tokenizer, cache, check_model=False)
 
-        def fn(ids, mask, edited=edited):
-            return edited(ids, mask).logits
-
         for metric, bucket in (("reliability", rel), ("generality", gen)):
             cases = [(record.tests[lang][metric].prompt, record.tests[lang][metric].target, lang) for lang in langs]
-            bucket += [p.pred_ids == p.target_ids for p in teacher_forced(fn, loaded.tokenizer, cases)]
+            bucket += [p.pred_ids == p.target_ids for p in teacher_forced(edited.logits, loaded.tokenizer, cases)]
     return {
         "reliability_em": 100 * statistics.mean(rel),
         "generality_em": 100 * statistics.mean(gen),

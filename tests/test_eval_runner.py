@@ -302,9 +302,13 @@ class SpyEditedModel(EditedModel):
 
     @contextmanager
     def applying(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, copies: int = 1
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        copies: int = 1,
+        prompt_lengths: Sequence[int] | None = None,
     ) -> Iterator[Any]:
-        with super().applying(input_ids, attention_mask, copies) as applied:
+        with super().applying(input_ids, attention_mask, copies, prompt_lengths) as applied:
             for row in range(input_ids.shape[0]):
                 ids = input_ids[row] if attention_mask is None else input_ids[row][attention_mask[row].bool()]
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -21,7 +21,7 @@ UNRELATED = {
 
 
 def _logits_fn(edited: EditedModel):
-    return lambda ids, mask: edited(ids, mask).logits
+    return edited.logits
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ CASES = [
 
 
 def hf_logits(model: torch.nn.Module):
-    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+    return lambda ids, mask, prompt_lengths: model(input_ids=ids, attention_mask=mask).logits
 
 
 # --------------------------------------------------------------------------- F1 / EM arithmetic
@@ -119,7 +119,7 @@ def test_teacher_forced_right_pads_and_aligns_answer_positions() -> None:
     tok = build_tiny_tokenizer()
     seen_masks = []
 
-    def echo(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def echo(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int]) -> torch.Tensor:
         seen_masks.append(mask.clone())
         logits = torch.nn.functional.one_hot(ids, num_classes=len(tok)).float()
         return logits.masked_fill(mask[..., None] == 0, 0.0)
@@ -137,7 +137,7 @@ def test_teacher_forced_right_pads_and_aligns_answer_positions() -> None:
 
 def test_teacher_forced_rejects_empty_prompt() -> None:
     with pytest.raises(ValueError, match="no tokens"):
-        teacher_forced(lambda i, m: torch.zeros(*i.shape, 258), build_tiny_tokenizer(), [("", "x", "en")])
+        teacher_forced(lambda i, m, n: torch.zeros(*i.shape, 258), build_tiny_tokenizer(), [("", "x", "en")])
 
 
 # --------------------------------------------------------------------------- locality

@@ -15,49 +15,9 @@ from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel, neuron_deltas, neuron_tensors
-from mkedit.runtime.matcher import ExactMatcher, SubjectMatch
 from mkedit.runtime.subject import find_subject, last_token_index, locate_subject
 from mkedit.runtime.tokens import token_char_spans
 from mkedit.types import EditGroup, EditRequest
-
-# --- ExactMatcher -----------------------------------------------------------------------------------
-
-
-def test_matcher_longest_first() -> None:
-    """At one position the longest cached subject wins, whatever the entry order."""
-    matcher = ExactMatcher([("Rus", "short"), ("Russia", "long"), ("Russian Federation", "longest")])
-    assert matcher.find("Russia") == [SubjectMatch("long", 0, 6)]
-    assert matcher.find("the Russian Federation?") == [SubjectMatch("longest", 4, 22)]
-    assert matcher.find("Rus") == [SubjectMatch("short", 0, 3)]
-
-
-def test_matcher_non_overlapping_left_to_right() -> None:
-    """Matches never overlap: the leftmost occurrence consumes its characters."""
-    matcher = ExactMatcher([("Russia Today", "a"), ("Today show", "b")])
-    assert matcher.find("Russia Today show") == [SubjectMatch("a", 0, 12)]
-    assert matcher.find("Today show and Russia Today") == [SubjectMatch("b", 0, 10), SubjectMatch("a", 15, 27)]
-
-
-def test_matcher_multiple_subjects_and_case() -> None:
-    """Several subjects (and repeats) are all found, case-sensitively; an empty surface is ignored."""
-    matcher = ExactMatcher([("Russia", "e1"), ("Mars", "e2"), ("", "e3")])
-    text = "Is Russia bigger than Mars? russia, Russia."
-    assert matcher.find(text) == [SubjectMatch("e1", 3, 9), SubjectMatch("e2", 22, 26), SubjectMatch("e1", 36, 42)]
-    assert ExactMatcher([]).find(text) == []
-    assert ExactMatcher([("", "e3")]).find(text) == []
-
-
-def test_matcher_unicode_chinese() -> None:
-    """Character offsets (not bytes) in Chinese text; longest first."""
-    matcher = ExactMatcher([("俄罗斯", "e1"), ("俄罗斯联邦", "e2"), ("火星", "e3")])
-    text = "俄罗斯联邦的首都是哪里？俄罗斯和火星"
-    assert matcher.find(text) == [SubjectMatch("e2", 0, 5), SubjectMatch("e1", 12, 15), SubjectMatch("e3", 16, 18)]
-
-
-def test_matcher_escapes_regex_characters() -> None:
-    matcher = ExactMatcher([("C++ (language)", "e1"), ("a.b", "e2")])
-    assert matcher.find("Who made C++ (language)? axb a.b") == [SubjectMatch("e1", 9, 23), SubjectMatch("e2", 29, 32)]
-
 
 # --- token_char_spans ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -178,7 +179,13 @@ def ask(
         for a in answers:
             typer.echo(
                 json.dumps(
-                    {"question": a.question, "answer": a.answer, "edits_applied": a.edits_applied}, ensure_ascii=False
+                    {
+                        "question": a.question,
+                        "answer": a.answer,
+                        "edits_applied": a.edits_applied,
+                        "matches": [asdict(m) for m in a.matches],
+                    },
+                    ensure_ascii=False,
                 )
             )
         return

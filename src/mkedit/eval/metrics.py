@@ -43,7 +43,8 @@ from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
 
 logger = logging.getLogger(__name__)
 
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
+"""``(input_ids, attention_mask, prompt_lengths) -> logits``; see :meth:`EditedView.logits`."""
 """``(input_ids [b, s], attention_mask [b, s]) -> logits [b, s, vocab]``."""
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -114,7 +115,8 @@ def teacher_forced(
     with torch.no_grad():
         for idx in _length_batches([len(s) for s in inputs], batch_size):
             ids, mask = _batch([inputs[i] for i in idx], pad_id, "right", device)
-            argmax = logits_fn(ids, mask).argmax(dim=-1).cpu()  # [b, s]
+            prompt_lengths = [encoded[i].answer_start for i in idx]
+            argmax = logits_fn(ids, mask, prompt_lengths).argmax(dim=-1).cpu()  # [b, s]
             for row, i in enumerate(idx):
                 pair = encoded[i]
                 # logits at position t predict token t + 1: answer token k is predicted at start - 1 + k.

@@ -8,6 +8,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from mkedit.runtime.matcher import SubjectMatch
+
 
 @runtime_checkable
 class EditedView(Protocol):
@@ -18,8 +20,17 @@ class EditedView(Protocol):
     followed by the answer, so answer positions stay exact whatever a method does to the prompt.
     """
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``[batch, seq, vocab]`` next-token logits of already rewritten, encoded inputs."""
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``[batch, seq, vocab]`` next-token logits of already rewritten, encoded inputs.
+
+        ``prompt_lengths[row]`` is how many of the row's real tokens are the prompt (the rest is a
+        teacher-forced answer); a method that reacts to what the prompt holds must look at those only.
+        """
         ...
 
     def generate(
@@ -36,6 +47,10 @@ class EditedView(Protocol):
         """Ids of the edits that act on ``prompt`` (all of them, for weight edits)."""
         ...
 
+    def matches(self, prompt: str) -> list[SubjectMatch]:
+        """The subject spans of ``prompt`` that trigger edits; empty for methods that match no subject."""
+        ...
+
 
 class ModelView:
     """The model as it is (weights already edited in place, or untouched): the view of weight-editing methods."""
@@ -44,7 +59,12 @@ class ModelView:
         self.model = model
         self.edit_ids = list(edit_ids)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def generate(
@@ -57,3 +77,6 @@ class ModelView:
 
     def used_edits(self, prompt: str) -> list[str]:
         return list(self.edit_ids)
+
+    def matches(self, prompt: str) -> list[SubjectMatch]:
+        return []

@@ -19,7 +19,7 @@ from mkedit.arch import NeuronSite, get_adapter
 from mkedit.arch.hooks import NeuronUpdates, Placement, neuron_updates
 from mkedit.methods.view import EditedView
 from mkedit.runtime.cache import Edit, EditCache
-from mkedit.runtime.matcher import ExactMatcher, SubjectMatcher
+from mkedit.runtime.matcher import AutomatonMatcher, SubjectMatch, SubjectMatcher
 from mkedit.runtime.subject import last_token_index
 from mkedit.runtime.tokens import token_char_spans
 
@@ -44,6 +44,7 @@ class Answer:
     question: str
     answer: str
     edits_applied: list[str]
+    matches: list[SubjectMatch]  # the subject spans that triggered edits (methods that match subjects)
 
 
 class EditedModel:
@@ -58,11 +59,13 @@ class EditedModel:
         matcher: SubjectMatcher | None = None,
         check_model: bool = True,
         site: NeuronSite | None = None,
+        fold: bool | None = None,
     ) -> None:
         if isinstance(edits, EditCache):
             if check_model:
                 edits.check_model(model)
             site = site or edits.method_config.get("site", "act_fn")
+            fold = edits.method_config.get("match_fold", False) if fold is None else fold
         else:
             edits = list(edits)
         self.model = model
@@ -71,6 +74,7 @@ class EditedModel:
         self.site: NeuronSite = site or "act_fn"
         self.adapter = get_adapter(model)
         self._custom_matcher = matcher
+        self.fold = bool(fold)  # the built-in matcher ignores case and diacritics (default: the cache's setting)
         self._matcher: SubjectMatcher | None = None
         self._updates: NeuronUpdates = {}
         self._version = -1
@@ -80,13 +84,14 @@ class EditedModel:
         version = self.edits.version if isinstance(self.edits, EditCache) else 0
         if version != self._version:
             edits = list(self.edits)
-            self._matcher = ExactMatcher([(s, e.edit_id) for e in edits for s in sorted(e.surfaces())])
+            entries = [(s, e.edit_id) for e in edits for s in sorted(e.surfaces())]
+            self._matcher = AutomatonMatcher(entries, fold=self.fold)
             self._updates = {e.edit_id: neuron_deltas(e) for e in edits}
             self._version = version
 
     @property
     def matcher(self) -> SubjectMatcher:
-        """The caller's matcher, or an exact matcher over the edits' subjects."""
+        """The caller's matcher, or an automaton over every subject form of the edits."""
         if self._custom_matcher is not None:
             return self._custom_matcher
         self._refresh()
@@ -94,9 +99,16 @@ class EditedModel:
         return self._matcher
 
     def placements(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
     ) -> tuple[list[Placement], list[list[str]]]:
-        """Where each row's cached subjects end (absolute positions), and the edit ids per row."""
+        """Where each row's cached subjects end (absolute positions), and the edit ids per row.
+
+        Subjects are searched in the first ``prompt_lengths[row]`` real tokens of a row (all of them when
+        not given): a teacher-forced answer after the prompt never triggers an edit, as in generation.
+        """
         placements: list[Placement] = []
         applied: list[list[str]] = []
         for row in range(input_ids.shape[0]):
@@ -105,6 +117,8 @@ class EditedModel:
                 if attention_mask is not None
                 else list(range(input_ids.shape[1]))
             )
+            if prompt_lengths is not None:
+                real = real[: prompt_lengths[row]]
             row_edits: list[str] = []
             ids = input_ids[row, real].tolist()
             text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -120,18 +134,28 @@ class EditedModel:
 
     @contextmanager
     def applying(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, copies: int = 1
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        copies: int = 1,
+        prompt_lengths: Sequence[int] | None = None,
     ) -> Iterator[list[list[str]]]:
         """Forwards inside see the edits matched in this batch; yields the edit ids per row. With
         ``copies`` > 1 the forwards see each row repeated that many times in a row (beams)."""
-        placements, applied = self.placements(input_ids, attention_mask)
+        placements, applied = self.placements(input_ids, attention_mask, prompt_lengths)
         placements = [Placement(p.row * copies + j, p.pos, p.key) for p in placements for j in range(copies)]
         self._refresh()
         with neuron_updates(self.adapter, self._updates, placements, self.site):
             yield applied
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self(input_ids, attention_mask).logits
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        with self.applying(input_ids, attention_mask, prompt_lengths=prompt_lengths):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def rewrite(self, prompt: str, lang: str) -> str:
         return prompt
@@ -153,6 +177,9 @@ class EditedModel:
 
     def used_edits(self, prompt: str) -> list[str]:
         return sorted({m.edit_id for m in self.matcher.find(prompt)})
+
+    def matches(self, prompt: str) -> list[SubjectMatch]:
+        return self.matcher.find(prompt)
 
     def ask(self, questions: Sequence[str], max_new_tokens: int = 16, batch_size: int = 8) -> list[Answer]:
         """Greedy answers, cut at the first line break, with the edits used for each question."""
@@ -180,7 +207,7 @@ def ask(
         )
         texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for question, text in zip(chunk, texts, strict=True):
-            answers.append(Answer(question, first_line(text), view.used_edits(question)))
+            answers.append(Answer(question, first_line(text), view.used_edits(question), view.matches(question)))
     return answers
 
 

@@ -1,18 +1,30 @@
-"""Find cached subjects in a query. Exact matching, as in the paper; any object with ``find`` plugs in."""
+"""Find cached subjects in a prompt (Eq. 11): one Aho–Corasick automaton over every cached surface form.
+
+Lookup costs one pass over the prompt whatever the number of cached edits. A match must be a whole word
+in scripts that separate words with spaces ("Mars" never fires inside "Marseille"); in scripts without
+spaces (Chinese, Japanese, Thai) any occurrence counts. At a position the longest subject wins, and
+matches do not overlap. ``fold=True`` (opt-in) also matches across letter case and diacritics
+("münchen" finds "München"); the span reported is always in the original prompt.
+"""
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+import ahocorasick
+
+from mkedit.runtime.subject import word_char
 
 
 @dataclass(frozen=True)
 class SubjectMatch:
     edit_id: str
-    start: int  # character span of the subject in the query
+    start: int  # character span of the subject in the prompt
     end: int
+    text: str  # prompt[start:end]
 
 
 class SubjectMatcher(Protocol):
@@ -21,18 +33,61 @@ class SubjectMatcher(Protocol):
         ...
 
 
-class ExactMatcher:
-    """Case-sensitive verbatim search; at each position the longest cached subject wins."""
+def fold_text(text: str) -> tuple[str, list[int]]:
+    """Case-folded ``text`` without combining marks, and for each of its characters the source index."""
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        folded = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)).casefold()
+        out.append(folded)
+        origin.extend([i] * len(folded))
+    return "".join(out), origin
 
-    def __init__(self, entries: Iterable[tuple[str, str]]) -> None:
-        self._edit_of: dict[str, str] = {}
+
+def _whole_words(text: str, start: int, end: int) -> bool:
+    """False when the span starts or ends inside a word of a space-separated script."""
+    cut_left = start > 0 and word_char(text[start - 1]) and word_char(text[start])
+    cut_right = end < len(text) and word_char(text[end - 1]) and word_char(text[end])
+    return not (cut_left or cut_right)
+
+
+class AutomatonMatcher:
+    """Whole-word, longest-first matching of ``(surface, edit_id)`` entries; a surface registered twice
+    belongs to its last edit."""
+
+    name = "automaton"
+
+    def __init__(self, entries: Iterable[tuple[str, str]], fold: bool = False) -> None:
+        self.fold = fold
+        self._automaton = ahocorasick.Automaton()
+        edit_of: dict[str, str] = {}
         for surface, edit_id in entries:
-            if surface:
-                self._edit_of[surface] = edit_id
-        surfaces = sorted(self._edit_of, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, surfaces))) if surfaces else None
+            key = fold_text(surface)[0] if fold else surface
+            if key.strip():
+                edit_of[key] = edit_id
+        for key, edit_id in edit_of.items():
+            self._automaton.add_word(key, (len(key), edit_id))
+        self._empty = not edit_of
+        if not self._empty:
+            self._automaton.make_automaton()
+
+    def describe(self) -> dict[str, object]:
+        """What ``run.json`` records about the matcher in force."""
+        return {"matcher": self.name, "fold": self.fold, "word_boundaries": "space-separated scripts"}
 
     def find(self, text: str) -> list[SubjectMatch]:
-        if self._pattern is None:
+        if self._empty or not text:
             return []
-        return [SubjectMatch(self._edit_of[m.group(0)], m.start(), m.end()) for m in self._pattern.finditer(text)]
+        haystack, origin = fold_text(text) if self.fold else (text, list(range(len(text))))
+        candidates = []
+        for last, (length, edit_id) in self._automaton.iter(haystack):
+            start, end = origin[last - length + 1], origin[last] + 1
+            if _whole_words(text, start, end):
+                candidates.append((start, -end, edit_id))
+        matches: list[SubjectMatch] = []
+        covered = 0
+        for start, neg_end, edit_id in sorted(candidates):  # leftmost first, then longest
+            if start >= covered:
+                matches.append(SubjectMatch(edit_id, start, -neg_end, text[start:-neg_end]))
+                covered = -neg_end
+        return matches

@@ -64,7 +64,7 @@ _UNSPACED_RANGES = (
 )
 
 
-def _word_char(ch: str) -> bool:
+def word_char(ch: str) -> bool:
     """A letter or digit of a script that separates words with spaces (Latin, Cyrillic, Greek, ...)."""
     return ch.isalnum() and not any(lo <= ord(ch) <= hi for lo, hi in _UNSPACED_RANGES)
 
@@ -78,9 +78,9 @@ def _snap_to_words(text: str, start: int, end: int) -> tuple[int, int]:
 
     Word snapping is a no-op in scripts without spaces; mark snapping keeps Thai vowel and tone signs.
     """
-    while start > 0 and (_is_mark(text[start]) or (_word_char(text[start - 1]) and _word_char(text[start]))):
+    while start > 0 and (_is_mark(text[start]) or (word_char(text[start - 1]) and word_char(text[start]))):
         start -= 1
-    while end < len(text) and (_is_mark(text[end]) or (_word_char(text[end]) and _word_char(text[end - 1]))):
+    while end < len(text) and (_is_mark(text[end]) or (word_char(text[end]) and word_char(text[end - 1]))):
         end += 1
     return start, end
 

@@ -30,6 +30,9 @@ class LuLafnConfig(MethodConfig):
     site: NeuronSite = "act_fn"
     """Where ΔV is added: ``act_fn`` = to the neurons themselves (the paper's definition, Eq. 3), or
     ``down_proj_input`` = after the gate product (identical to ``act_fn`` for plain FFNs)."""
+    match_fold: bool = False
+    """At inference, match cached subjects ignoring letter case and diacritics ("munchen" fires the edit of
+    "München"); off = exact, as in the paper. Whole words in space-separated scripts either way."""
     lambda_target: float = 1.0
     """λ1 of Eq. 10."""
     lambda_kl: float = 0.0625

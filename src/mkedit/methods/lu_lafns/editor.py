@@ -113,4 +113,4 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         """The model of Eq. 11 with ``edits`` cached: hooks fire only on inputs holding a cached subject,
         and are registered per forward, so nothing stays on the model after the context."""
         self.check_edits(edits)
-        yield EditedModel(self.model, self.tokenizer, list(edits), site=self.config.site)
+        yield EditedModel(self.model, self.tokenizer, list(edits), site=self.config.site, fold=self.config.match_fold)
