@@ -33,6 +33,7 @@ from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.methods.view import ModelView
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel, neuron_tensors
+from mkedit.runtime.subject import PLACEMENT_KINDS
 from mkedit.types import EditGroup
 
 TINY_SETTINGS = {"layers": "1,2", "max_steps": "2", "num_prefixes": "1"}
@@ -183,12 +184,13 @@ def test_run_writes_rows_and_summary_of_the_fixed_shape(full_run: tuple[Path, di
     on_disk = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert on_disk == summary
     validate_summary(on_disk, "summary.json")
-    assert set(on_disk) == {*SUMMARY_KEYS, "edit_langs", "sequential", "skipped", "prepare_seconds"}
+    assert set(on_disk) == {*SUMMARY_KEYS, "edit_langs", "sequential", "coverage", "not_edited", "prepare_seconds"}
     assert on_disk["prepare_seconds"] >= 0
     assert on_disk["method"] == "lu-lafns" and on_disk["model"] == MODEL_NAME
     assert on_disk["setting"] == "multilingual" and on_disk["n_records"] == 3
     assert on_disk["langs"] == ["en", "zh"] and on_disk["edit_langs"] == ["en", "zh"]
-    assert on_disk["skipped"] == {"count": 0, "ids": []}
+    assert on_disk["not_edited"] == {"en": [], "zh": []}
+    assert on_disk["coverage"] == {lang: {**dict.fromkeys(PLACEMENT_KINDS, 0), "verbatim": 3} for lang in ("en", "zh")}
     assert on_disk["seconds_per_edit"] > 0
     assert 0 <= on_disk["avg"] <= 100
     for lang in ("en", "zh"):
@@ -244,17 +246,23 @@ def test_sequential_mode_keeps_edits_and_reports_a_curve(tiny: Any, data_file: P
     assert "as the cache grows" in (tmp_path / SUMMARY_MD).read_text(encoding="utf-8")
 
 
-def test_unplaceable_subject_is_reported_as_skipped(tiny: Any, tmp_path: Path) -> None:
+def test_a_record_whose_subject_cannot_be_placed_is_scored_anyway(tiny: Any, tmp_path: Path) -> None:
+    """Never drop a record: the language whose subject is in no form in its question is not edited, is
+    scored as the model answers without its edit, and the row and the summary say so."""
     bad = json.loads(json.dumps(RECORDS[1]))
-    bad["zh"]["subject"] = "完全不同的东西"  # in no question
+    bad["zh"]["subject"] = "完全不同的东西"  # in no question, and no other language's subject is either
     data = tmp_path / "bad.json"
     data.write_text(json.dumps([RECORDS[0], bad], ensure_ascii=False), encoding="utf-8")
-    summary, _ = _run(tiny, data, tmp_path / "out", limit=None)
-    assert summary["skipped"] == {"count": 1, "ids": ["bad:1"]}
-    assert summary["n_records"] == 1
+    summary, editor = _run(tiny, data, tmp_path / "out", limit=None)
+    assert summary["n_records"] == 2
+    assert summary["not_edited"] == {"en": [], "zh": ["bad:1"]}
+    assert summary["coverage"]["zh"]["not_placed"] == 1 and summary["coverage"]["zh"]["verbatim"] == 1
+    assert [g.langs for g in editor.groups] == [["en", "zh"], ["en"]]
     rows = read_rows(tmp_path / "out" / RECORDS_FILE)
-    assert set(rows[1]) == {"record_id", "error"} and "SubjectNotFoundError" in rows[1]["error"]
-    assert "Skipped: 1 record" in (tmp_path / "out" / SUMMARY_MD).read_text(encoding="utf-8")
+    assert "subject not found" in rows[1]["not_edited"]["zh"]
+    assert rows[1]["placement"]["zh"] == {"kind": "not_placed", "surface": None}
+    assert set(rows[1]["scores"]) == {"en", "zh"} and [e["langs"] for e in rows[1]["edits"]] == [["en"]]
+    assert "| zh | 1 | 0 | 0 | 1 | 1 |" in (tmp_path / "out" / SUMMARY_MD).read_text(encoding="utf-8")
 
 
 def test_monolingual_setting_edits_and_tests_each_language_alone(tiny: Any, data_file: Path, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,7 +18,7 @@ from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel, neuron_deltas, neuron_tensors
-from mkedit.runtime.subject import find_subject, last_token_index, locate_subject
+from mkedit.runtime.subject import find_subject, last_token_index, locate_subject, place_subject
 from mkedit.runtime.tokens import token_char_spans
 from mkedit.types import EditGroup, EditRequest
 
@@ -298,3 +301,36 @@ def test_full_edit_on_tiny_model_is_applied_by_edited_model() -> None:
     assert not torch.allclose(out[0], base[0])
     assert torch.equal(out[1], base[1])
     assert edited.ask(["Who is the president of Russia?"], max_new_tokens=2)[0].edits_applied == [edit.edit_id]
+
+
+def test_place_subject_tries_own_then_other_languages_then_approximate() -> None:
+    """The aligned subject set (S_G): own form first, another language's verbatim, then approximate."""
+    own = place_subject("Who makes the Volvo B12M?", ["Volvo B12M", "沃尔沃B12M"])
+    assert own is not None and (own.kind, own.surface) == ("verbatim", "Volvo B12M")
+    other = place_subject("Který umělec vytvořil Call the Doctor?", ["Zavolejte doktora", "Call the Doctor", "Call"])
+    assert other is not None and (other.kind, other.surface) == ("other_language", "Call the Doctor")
+    suffixed = place_subject("Char 2C'nin ağırlığı nedir?", ["Karakter 2C", "Char 2C"])
+    assert suffixed is not None and suffixed.surface == "Char 2C'nin"  # whole word, Turkish suffix included
+    inflected = place_subject("Kdo vede Ruské federace?", ["Ruská federace", "Russian Federation"])
+    assert inflected is not None and (inflected.kind, inflected.surface) == ("approximate", "Ruské federace")
+    assert place_subject("Kdo napsal Dona Quijota?", ["Rusko", "Russia"]) is None
+
+
+def test_subject_placement_on_the_hand_labelled_sample() -> None:
+    """Regression floor on tests/data/subject_spans.jsonl (MzsRE pairs not verbatim, spans read by a person):
+    126 of 165 exact spans and 3 of 6 absent subjects falsely placed when written (see benchmarks/subject_spans.py)."""
+    rows = [
+        json.loads(line) for line in (Path(__file__).parent / "data" / "subject_spans.jsonl").open(encoding="utf-8")
+    ]
+    exact = labelled = false = 0
+    for row in rows:
+        others = [s for lang, s in row["aligned_subjects"].items() if lang != row["lang"]]
+        span = place_subject(row["question"], [row["subject"], *others])
+        gold = row["gold"]
+        if gold is None:
+            false += span is not None
+            continue
+        labelled += 1
+        exact += span is not None and (span.start, span.end) == (gold["start"], gold["end"])
+    assert labelled >= 100 and exact / labelled >= 0.75
+    assert false <= 3

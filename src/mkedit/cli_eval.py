@@ -124,14 +124,13 @@ def eval_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     console.print(console_table([summary]))
-    skipped = summary["skipped"]
-    if skipped["count"]:
-        console.print(
-            f"[yellow]{skipped['count']} record(s) skipped[/yellow] (edit not possible, see {out / RECORDS_FILE}): "
-            + ", ".join(skipped["ids"][:10])
-            + (" ..." if skipped["count"] > 10 else ""),
-            highlight=False,
-        )
+    for lang, ids in summary["not_edited"].items():
+        if ids:
+            console.print(
+                f"[yellow]{lang}: {len(ids)} record(s) not edited[/yellow] (scored unedited; reasons in "
+                f"{out / RECORDS_FILE}): " + ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""),
+                highlight=False,
+            )
     avg, spe = summary["avg"], summary["seconds_per_edit"]
     console.print(
         f"{summary['n_records']} record(s) evaluated"

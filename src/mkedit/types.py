@@ -35,6 +35,9 @@ class EditGroup:
 
     requests: tuple[EditRequest, ...]
     group_id: str = ""
+    aligned_subjects: tuple[str, ...] = ()
+    """Every language's subject of the fact in its source (the paper's aligned set S_G), beyond the
+    requests' own: a question that names the subject in another language's form is placed with it."""
 
     def __post_init__(self) -> None:
         if not self.requests:
@@ -56,7 +59,17 @@ class EditGroup:
 
     def restrict(self, langs: list[str]) -> EditGroup:
         """The same group keeping only ``langs`` (in that order)."""
-        return EditGroup(tuple(self.request(lang) for lang in langs), self.group_id)
+        return EditGroup(tuple(self.request(lang) for lang in langs), self.group_id, self.subject_set)
+
+    @property
+    def subject_set(self) -> tuple[str, ...]:
+        """The requests' subjects, then the other aligned subjects, without repeats."""
+        return tuple(dict.fromkeys([*(r.subject for r in self.requests), *self.aligned_subjects]))
+
+    def other_subjects(self, lang: str) -> tuple[str, ...]:
+        """The aligned subjects other than ``lang``'s own, in :attr:`subject_set` order."""
+        own = self.request(lang).subject
+        return tuple(s for s in self.subject_set if s != own)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Can each record's subject be placed in its questions? Counted per language, misses listed.
 
-Editing needs the subject's last token in the edit prompt (``src``); a record whose subject cannot be
-placed would otherwise fail mid-run or, worse, be skipped unnoticed. The generality (``rephrase``) and
-portability questions are checked too, because evaluations that read the subject position use them;
-the check only reads them, it never feeds them to editing.
+Editing needs the subject's last token in the edit prompt (``src``); a language whose subject cannot be
+placed is not edited (the evaluation still scores it, unedited). Placement uses the record's aligned
+subject set, as editing does: own subject verbatim, another language's subject verbatim, approximate.
+The generality (``rephrase``) and portability questions are checked too, because evaluations that read
+the subject position use them; the check only reads them, it never feeds them to editing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from mkedit.data.records import GENERALITY, PORTABILITY, normalize_langs
-from mkedit.runtime.subject import DEFAULT_MIN_SCORE, find_subject
+from mkedit.runtime.subject import DEFAULT_MIN_SCORE, place_subject
 from mkedit.types import BenchmarkRecord
 
 # Field names as they appear in the data files.
@@ -24,15 +25,17 @@ CHECKED_FIELDS: tuple[str, ...] = ("src", "rephrase", "portability")
 
 @dataclass
 class FieldCounts:
-    """How the subject was found in one field over all records of one language."""
+    """How the subject was placed in one field over all records of one language (the categories of
+    :data:`~mkedit.runtime.subject.PLACEMENT_KINDS`, as the evaluation's coverage reports them)."""
 
     verbatim: int = 0
+    other_language: int = 0
     approximate: int = 0
-    not_found: int = 0
+    not_placed: int = 0
 
     @property
     def total(self) -> int:
-        return self.verbatim + self.approximate + self.not_found
+        return self.verbatim + self.other_language + self.approximate + self.not_placed
 
 
 @dataclass
@@ -109,7 +112,7 @@ def check_records(
     *,
     min_score: float = DEFAULT_MIN_SCORE,
 ) -> DataCheckReport:
-    """Count verbatim / approximate / unplaced subjects per language and field (``langs``: a filter)."""
+    """Count own verbatim / other language's / approximate / unplaced subjects per language and field."""
     records = list(records)
     codes = _record_langs(records, langs)
     report = DataCheckReport({code: LanguageCheck(code) for code in codes}, min_score=min_score)
@@ -120,14 +123,17 @@ def check_records(
             check = report.languages[code]
             check.records += 1
             subject = record.group.request(code).subject
+            subjects = [subject, *record.group.other_subjects(code)]
             for name, text in _field_texts(record, code).items():
-                span = find_subject(text, subject, min_score=min_score)
+                span = place_subject(text, subjects, min_score=min_score)
                 counts = check.fields[name]
                 if span is None:
-                    counts.not_found += 1
+                    counts.not_placed += 1
                     report.unplaced.append(SubjectFinding(record.record_id, code, name, subject, text))
                 elif span.kind == "verbatim":
                     counts.verbatim += 1
+                elif span.kind == "other_language":
+                    counts.other_language += 1
                 else:
                     counts.approximate += 1
                     report.approximate.append(
@@ -137,10 +143,13 @@ def check_records(
 
 
 def render_report(report: DataCheckReport) -> Table:
-    """One row per language: record count, then "verbatim / approximate / not found" per checked field."""
+    """One row per language: record count, then "own / other language / approximate / not placed" per field."""
     absent = any(c.fields[f].total == 0 for c in report.languages.values() for f in CHECKED_FIELDS)
     table = Table(
-        title=f"Subject found: verbatim / approximate (score >= {report.min_score:g}) / not found",
+        title=(
+            "Subject placed: own verbatim / another language's verbatim / approximate "
+            f"(score >= {report.min_score:g}) / not placed"
+        ),
         caption="'-': field absent from the file" if absent else None,
     )
     table.add_column("lang")
@@ -151,7 +160,8 @@ def render_report(report: DataCheckReport) -> Table:
         cells = [code, str(check.records)]
         for name in CHECKED_FIELDS:
             counts = check.fields[name]
-            none = f"[red]{counts.not_found}[/red]" if counts.not_found else "0"
-            cells.append(f"{counts.verbatim} / {counts.approximate} / {none}" if counts.total else "-")
+            none = f"[red]{counts.not_placed}[/red]" if counts.not_placed else "0"
+            placed = f"{counts.verbatim} / {counts.other_language} / {counts.approximate}"
+            cells.append(f"{placed} / {none}" if counts.total else "-")
         table.add_row(*cells)
     return table

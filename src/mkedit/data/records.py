@@ -187,4 +187,9 @@ def parse_record(
         requests.append(request)
         tests[code] = cases
     rid = own_id or record_id or f"{source}:{index}"
-    return BenchmarkRecord(rid, EditGroup(tuple(requests), rid), tests)
+    aligned = tuple(
+        part["subject"].strip()
+        for part in languages.values()
+        if isinstance(part, Mapping) and isinstance(part.get("subject"), str) and part["subject"].strip()
+    )
+    return BenchmarkRecord(rid, EditGroup(tuple(requests), rid, aligned), tests)

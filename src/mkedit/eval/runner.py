@@ -69,6 +69,7 @@ from mkedit.methods.base import EditMethod
 from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.view import EditedView, ModelView
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
+from mkedit.runtime.subject import PLACEMENT_KINDS, SubjectSpan, place_subject, placement_kind
 from mkedit.types import BenchmarkRecord, EditGroup
 
 log = logging.getLogger(__name__)
@@ -438,7 +439,7 @@ def _load_sequential_cache(
         cache = EditCache.load(folder, model, model_name)
         log.info("sequential run: resumed an edit cache of %d edit(s) from %s", len(cache), folder)
         return cache
-    if any("error" not in row for row in rows):
+    if rows:
         raise RunMismatchError(
             f"cannot resume the sequential run in {out_dir}: its edit cache {folder} is missing, so the edits "
             "of the records already done cannot be put back; delete the directory to start over"
@@ -463,7 +464,8 @@ def run_evaluation(
     cache = method.new_cache()
     _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache))
     records_path = out_dir / RECORDS_FILE
-    existing = read_rows(records_path)
+    # Rows of earlier versions that left a record out ("error") are done again: every record is scored now.
+    existing = [row for row in read_rows(records_path) if "error" not in row]
     done = {row["record_id"] for row in existing}
     if config.sequential:
         cache = _load_sequential_cache(out_dir, cache, model, model_name, existing)
@@ -482,7 +484,7 @@ def run_evaluation(
     with open(records_path, "a", encoding="utf-8") as fh:
         for index, record in enumerate(todo, start=1):
             row = _evaluate_record(record, plan, config, method, cache, base, guard)
-            if config.sequential and "error" not in row:
+            if config.sequential:
                 cache.save(out_dir / CACHE_DIR)  # before the row: a done record's edit is always on disk
             _append_row(fh, row)
             existing.append(row)
@@ -508,6 +510,38 @@ class WeightGuard:
             )
 
 
+def _placements(group: EditGroup) -> dict[str, SubjectSpan | None]:
+    """Where each language's question names the subject, with the group's aligned subject set."""
+    return {
+        req.lang: place_subject(req.question, [req.subject, *group.other_subjects(req.lang)]) for req in group.requests
+    }
+
+
+def _compute_edit(
+    method: EditMethod, group: EditGroup, placed: Mapping[str, SubjectSpan | None], not_edited: dict[str, str]
+) -> Edit | None:
+    """The unit's edit, or None (its languages then answer with nothing of theirs in force).
+
+    Languages whose subject cannot be placed are left out of the group for methods that work at the
+    subject's tokens; an edit that cannot be made at all is recorded in ``not_edited`` with its reason.
+    """
+    if method.needs_subject_position:
+        langs = [lang for lang in group.langs if placed[lang] is not None]
+        for lang in group.langs:
+            if placed[lang] is None:
+                not_edited[lang] = "subject not found in the question (own or another language's form)"
+        if not langs:
+            return None
+        group = group.restrict(langs)
+    try:
+        return method.edit(group)
+    except MkeditError as exc:
+        log.warning("record %s, languages %s: no edit: %s", group.group_id, group.langs, exc)
+        for lang in group.langs:
+            not_edited[lang] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
 def _evaluate_record(
     record: BenchmarkRecord,
     plan: EvalPlan,
@@ -517,32 +551,34 @@ def _evaluate_record(
     base: Scorer,
     guard: WeightGuard,
 ) -> dict[str, Any]:
-    """Edit, evaluate and package one record's row; an edit that cannot be made gives an error row."""
+    """Edit, evaluate and package one record's row. Every record is scored: a language that cannot be
+    edited answers with nothing of its own in force, and the row says why (``not_edited``)."""
     # Pre-edit references first, with nothing in force and before any edit of this record is computed.
     pre = pre_predictions(record, plan.test_langs, base)
     # Every edit of the record next: a failure then leaves the cache untouched (no half-applied record in
     # sequential mode). In sequential mode earlier edits are in force while the new one is computed.
     earlier = list(cache) if config.sequential else []
-    edits: list[tuple[tuple[str, ...], Edit, float]] = []
+    edits: list[tuple[Edit | None, float]] = []
+    placement: dict[str, dict[str, Any]] = {}
+    not_edited: dict[str, str] = {}
     with method.applied(earlier):
-        for edited_langs, tested in plan.units:
+        for edited_langs, _ in plan.units:
             group = _group_for(record, edited_langs, config.setting)
+            placed = _placements(group)
+            for lang, span in placed.items():
+                placement[lang] = {"kind": placement_kind(span), "surface": span.surface if span else None}
             start = time.perf_counter()
-            try:
-                edit = method.edit(group)
-            except MkeditError as exc:
-                log.warning("record %s skipped: %s", record.record_id, exc)
-                return {"record_id": record.record_id, "error": f"{type(exc).__name__}: {exc}"}
-            edits.append((tested, edit, time.perf_counter() - start))
+            edits.append((_compute_edit(method, group, placed, not_edited), time.perf_counter() - start))
     guard.check("after edit()")
     scores: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     replaced: list[str] = []
     edit_info = []
     cache_size = len(cache)
-    for (edited_langs, _), (tested, edit, seconds) in zip(plan.units, edits, strict=True):
-        replaced += cache.add(edit)
-        in_force = list(cache) if config.sequential else [edit]
+    for (edited_langs, tested), (edit, seconds) in zip(plan.units, edits, strict=True):
+        if edit is not None:
+            replaced += cache.add(edit)
+        in_force = list(cache) if config.sequential else [edit] if edit is not None else []
         with method.applied(in_force) as view:
             unit_scores, unit_outputs = score_record(
                 record, tested, Scorer(view, base.tokenizer, config, base.device), pre
@@ -550,18 +586,23 @@ def _evaluate_record(
         guard.check("after leaving applied()")
         scores.update(unit_scores)
         outputs.update(unit_outputs)
-        edit_info.append({"edit_id": edit.edit_id, "langs": list(edited_langs), "seconds": seconds})
-        cache_size = len(cache)
-        if not config.sequential:
-            cache.remove(edit.edit_id)
+        if edit is not None:
+            langs = [lang for lang in edited_langs if lang not in not_edited]
+            edit_info.append({"edit_id": edit.edit_id, "langs": langs, "seconds": seconds})
+            cache_size = len(cache)
+            if not config.sequential:
+                cache.remove(edit.edit_id)
     row: dict[str, Any] = {
         "record_id": record.record_id,
         "scores": scores,
         "edits": edit_info,
+        "placement": placement,
         "cache_size": cache_size,
         "pre": pre,
         "outputs": outputs,
     }
+    if not_edited:
+        row["not_edited"] = not_edited
     if replaced:
         row["replaced"] = replaced
     return row
@@ -614,7 +655,6 @@ def write_summary(
     by_id = {row["record_id"]: row for row in rows}
     selected = [by_id[r.record_id] for r in records if r.record_id in by_id]
     evaluated = [row for row in selected if "error" not in row]
-    skipped = [row["record_id"] for row in selected if "error" in row]
     if len(by_id) > len(selected):
         extra = len(by_id) - len(selected)
         log.info("%s holds %d row(s) outside this selection; left out of the summary", out_dir, extra)
@@ -622,12 +662,15 @@ def write_summary(
     summary = summarize(evaluated, config.method, model_name, config.setting, test_langs, _seconds_per_edit(evaluated))
     summary["edit_langs"] = plan.edit_langs
     summary["sequential"] = config.sequential
-    summary["skipped"] = {"count": len(skipped), "ids": skipped}
+    summary["coverage"] = coverage(evaluated, plan.edit_langs)
+    summary["not_edited"] = {
+        lang: [row["record_id"] for row in evaluated if lang in row.get("not_edited", {})] for lang in plan.edit_langs
+    }
     if prepare_seconds is not None:
         summary["prepare_seconds"] = round(prepare_seconds, 3)
     if config.sequential:
         wanted = {row["record_id"] for row in evaluated}
-        in_run_order = [row for row in rows if row["record_id"] in wanted and "error" not in row]
+        in_run_order = [row for row in rows if row["record_id"] in wanted]
         summary["sequential_curve"] = sequential_curve(
             in_run_order, test_langs, config.curve_every, config.method, model_name, config.setting
         )
@@ -638,20 +681,37 @@ def write_summary(
     return summary
 
 
+def coverage(rows: Sequence[Mapping[str, Any]], langs: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per edited language, how many records placed the subject in each way (``PLACEMENT_KINDS``)."""
+    counts = {lang: dict.fromkeys(PLACEMENT_KINDS, 0) for lang in langs}
+    for row in rows:
+        for lang, placed in row.get("placement", {}).items():
+            if lang in counts:
+                counts[lang][placed["kind"]] += 1
+    return counts
+
+
+def coverage_markdown(summary: Summary) -> str:
+    """Coverage beside the scores: every record is in the averages, edited or not."""
+    lines = [
+        "### Coverage: where each language's question names the subject (records; every record is scored)",
+        "",
+        "| lang | own subject verbatim | another language's subject | approximate | not placed | not edited |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for lang, counts in summary.get("coverage", {}).items():
+        cells = [str(counts[kind]) for kind in PLACEMENT_KINDS]
+        lines.append(f"| {lang} | " + " | ".join(cells) + f" | {len(summary['not_edited'].get(lang, []))} |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
 def _markdown(summary: Summary) -> str:
     parts = [summary_markdown(summary).rstrip("\n")]
-    skipped = summary["skipped"]
-    if skipped["count"]:
-        parts += [
-            "",
-            f"### Skipped: {skipped['count']} record(s) whose edit could not be made (reasons in records.jsonl)",
-            "",
-            ", ".join(skipped["ids"]),
-        ]
+    parts += ["", coverage_markdown(summary)]
     if "sequential_curve" in summary:
         parts += [
             "",

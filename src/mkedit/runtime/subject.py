@@ -23,7 +23,8 @@ from mkedit.errors import SubjectNotFoundError
 
 log = logging.getLogger(__name__)
 
-MatchKind = Literal["verbatim", "approximate"]
+MatchKind = Literal["verbatim", "other_language", "approximate"]
+"""How a subject was placed: its own form verbatim, another language's subject verbatim, or approximately."""
 DEFAULT_MIN_SCORE = 80.0
 
 
@@ -131,11 +132,105 @@ def _trim_words(text: str, span: tuple[int, int], aligned: tuple[int, int], subj
         best = max(better, key=closeness)
 
 
-def find_subject(text: str, subject: str, *, min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan | None:
-    """The subject's span in ``text``: the first verbatim occurrence, else the best approximate one."""
+_WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+_APOSTROPHE_SUFFIX = re.compile(r"['’][^\W_]+")
+_ELISION = re.compile(r"[^\W\d_]{1,2}['’](?=[^\W_])")
+_CLOSING_MARKS = ".!?)]»\"'"
+
+
+def _spaced(subject: str) -> bool:
+    """True when ``subject`` is written in a script that separates words with spaces."""
+    return any(word_char(ch) for ch in subject)
+
+
+def _whole_word_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a verbatim hit to whole words, taking an apostrophe suffix along ("Char 2C" -> "Char 2C'nin")."""
+    start, end = _snap_to_words(text, start, end)
+    if suffix := _APOSTROPHE_SUFFIX.match(text, end):
+        end = suffix.end()
+    return start, end
+
+
+def _verbatim(text: str, subject: str) -> tuple[int, int] | None:
+    """The first occurrence of ``subject`` in ``text``, widened to whole words in spaced scripts."""
     pos = text.find(subject)
-    if pos >= 0:
-        return SubjectSpan(pos, pos + len(subject), subject, "verbatim", 100.0)
+    if pos < 0:
+        return None
+    return _whole_word_span(text, pos, pos + len(subject)) if _spaced(subject) else (pos, pos + len(subject))
+
+
+def _word_score(a: str, b: str) -> float:
+    """Similarity of two normalised words, tolerant of inflectional endings (a shared stem scores high)."""
+    stem = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    shorter = min(len(a), len(b))
+    by_stem = 100.0 * stem / max(len(a), len(b)) + (15.0 if stem >= max(3, shorter - 2) else 0.0)
+    return min(100.0, max(fuzz.ratio(a, b), by_stem))
+
+
+def _window_score(subject_words: list[str], window_words: list[str]) -> float:
+    if len(subject_words) == len(window_words):
+        weights = [len(w) for w in subject_words]
+        pairs = zip(subject_words, window_words, strict=True)
+        return sum(w * _word_score(a, b) for w, (a, b) in zip(weights, pairs, strict=True)) / sum(weights)
+    # A word more or less: the joined strings, with a penalty so equal-length windows win ties.
+    return fuzz.ratio(" ".join(subject_words), " ".join(window_words)) - 5.0
+
+
+def _approximate_words(text: str, subject: str, min_score: float) -> SubjectSpan | None:
+    """Best window of whole words of ``text`` for a subject of ``n`` words (``n - 1`` to ``n + 1`` words).
+
+    Windows are whole words, so a multi-word subject is never cut inside a word, and a window of fewer
+    words than the subject must outscore every full-length one.
+    """
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    subject_words = [_normalise(w)[0] for w in _WORD.findall(subject)]
+    if not words or not subject_words:
+        return None
+    norm = [_normalise(text[a:b])[0] for a, b in words]
+    n = len(subject_words)
+    best: tuple[float, int, int] | None = None
+    for size in (n, n + 1, n - 1):
+        if size < 1:
+            continue
+        for i in range(len(words) - size + 1):
+            score = _window_score(subject_words, norm[i : i + size])
+            if best is None or score > best[0]:
+                best = (score, words[i][0], words[i + size - 1][1])
+    if best is None or best[0] < min_score:
+        return None
+    score, start, end = best
+    if suffix := _APOSTROPHE_SUFFIX.match(text, end):
+        end = suffix.end()
+    start = _drop_elision(text, start, subject)
+    end = _take_closing_marks(text, end, subject)
+    start, end = _tidy(text, start, end, subject)
+    return SubjectSpan(start, end, text[start:end], "approximate", round(score, 1))
+
+
+def _drop_elision(text: str, start: int, subject: str) -> int:
+    """Skip an elided article or preposition glued to the first word ("d'Elizabeth" -> "Elizabeth"),
+    unless the subject starts with it too ("J'étais ...")."""
+    elided = _ELISION.match(text, start)
+    if elided and not subject.casefold().startswith(elided.group(0).casefold()):
+        return elided.end()
+    return start
+
+
+def _take_closing_marks(text: str, end: int, subject: str) -> int:
+    """Extend over the punctuation the subject ends with ("W." / "(APA-56)" / "Shake!"), when the text has it."""
+    tail = subject[len(subject.rstrip(_CLOSING_MARKS)) :]
+    for ch in tail:
+        if end < len(text) and text[end] == " " and ch not in ".)" and end + 1 < len(text) and text[end + 1] == ch:
+            end += 1  # French spacing before "!" and "?"
+        if end < len(text) and text[end] == ch:
+            end += 1
+        else:
+            break
+    return end
+
+
+def _approximate_chars(text: str, subject: str, min_score: float) -> SubjectSpan | None:
+    """Scripts without spaces: the best partial alignment of the normalised strings."""
     norm_text, origin = _normalise(text)
     norm_subject, _ = _normalise(subject)
     if not norm_text.strip() or not norm_subject.strip():
@@ -151,12 +246,57 @@ def find_subject(text: str, subject: str, *, min_score: float = DEFAULT_MIN_SCOR
     return SubjectSpan(start, end, text[start:end], "approximate", float(alignment.score))
 
 
-def locate_subject(text: str, subject: str, *, context: str = "", min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan:
-    """Like :func:`find_subject` but warns on an approximate match and raises when nothing fits.
+def find_subject(text: str, subject: str, *, min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan | None:
+    """The subject's span in ``text``: the first verbatim occurrence, else the best approximate one."""
+    return place_subject(text, [subject], min_score=min_score)
 
-    ``context`` names the record and language in messages, so a user can find the offending input.
+
+def place_subject(text: str, subjects: Sequence[str], *, min_score: float = DEFAULT_MIN_SCORE) -> SubjectSpan | None:
+    """Where ``text`` names the fact's subject, trying the aligned subject set (the paper's S_G) in order.
+
+    ``subjects[0]`` is the language's own subject, the rest the other languages' subjects of the same fact
+    (MzsRE questions often keep the English name while the subject field was translated). Own subject
+    verbatim, then the longest other subject found verbatim, then the best approximate match of any of
+    them (case-, diacritics- and script-insensitive, inflection-tolerant, whole words). None when nothing
+    scores ``min_score``.
     """
-    span = find_subject(text, subject, min_score=min_score)
+    own, *others = [s for s in subjects if s.strip()] or [""]
+    if not own:
+        return None
+    if hit := _verbatim(text, own):
+        return SubjectSpan(hit[0], hit[1], text[hit[0] : hit[1]], "verbatim", 100.0)
+    found = [(s, hit) for s in dict.fromkeys(others) if s != own and (hit := _verbatim(text, s))]
+    if found:
+        _, (start, end) = max(found, key=lambda item: (len(item[0]), -item[1][0]))
+        return SubjectSpan(start, end, text[start:end], "other_language", 100.0)
+    candidates = []
+    for subject in dict.fromkeys([own, *others]):
+        approx = _approximate_words if _spaced(subject) else _approximate_chars
+        if span := approx(text, subject, min_score):
+            candidates.append(span)
+    return max(candidates, key=lambda span: span.score) if candidates else None
+
+
+NOT_PLACED = "not_placed"
+PLACEMENT_KINDS: tuple[str, ...] = ("verbatim", "other_language", "approximate", NOT_PLACED)
+"""The coverage categories reported by ``mkedit data check`` and the evaluation."""
+
+
+def placement_kind(span: SubjectSpan | None) -> str:
+    return NOT_PLACED if span is None else span.kind
+
+
+def locate_subject(
+    text: str,
+    subject: str,
+    *,
+    context: str = "",
+    min_score: float = DEFAULT_MIN_SCORE,
+    aligned: Sequence[str] = (),
+) -> SubjectSpan:
+    """Like :func:`place_subject` (own ``subject`` first, then ``aligned``) but warns on an approximate
+    match and raises when nothing fits. ``context`` names the record and language in messages."""
+    span = place_subject(text, [subject, *aligned], min_score=min_score)
     where = f" ({context})" if context else ""
     if span is None:
         raise SubjectNotFoundError(

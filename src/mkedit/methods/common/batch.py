@@ -59,10 +59,14 @@ def sequences_for_request(
     include_bare: bool,
     context: str,
     stop_token_id: int | None = None,
+    aligned: Sequence[str] = (),
 ) -> tuple[list[TrainSequence], SubjectSpan]:
-    """Target sequences (prefix + question + answer [+ stop token]) and the KL prompt of one language."""
+    """Target sequences (prefix + question + answer [+ stop token]) and the KL prompt of one language.
+
+    The subject is placed with :func:`~mkedit.runtime.subject.locate_subject`: the request's own subject,
+    then the ``aligned`` subjects of the other languages, then approximately."""
     lang = get_language(request.lang)
-    span = locate_subject(request.question, request.subject, context=context)
+    span = locate_subject(request.question, request.subject, context=context, aligned=aligned)
     answer_ids = encode_answer(tokenizer, request.answer, request.lang)
     if stop_token_id is not None:
         answer_ids = [*answer_ids, stop_token_id]

@@ -98,7 +98,8 @@ class GroupWork:
         for req in group.requests:
             context = f"edit {group.group_id or '?'}, language {req.lang}"
             prefixes = method.prefixes(req.lang)
-            seqs, span = sequences_for_request(method.tokenizer, req, prefixes, True, context)
+            aligned = group.other_subjects(req.lang)
+            seqs, span = sequences_for_request(method.tokenizer, req, prefixes, True, context, aligned=aligned)
             n_target = sum(s.kind == "target" for s in seqs)
             self.batches[req.lang] = to_tensor_batch(seqs, method.tokenizer.pad_token_id, n_target, 1, device)
             self.subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
@@ -142,6 +143,8 @@ class GroupWork:
 
 class LocateEditMethod(EditMethod[ConfigT]):
     """Base of the three baselines: subclasses set the config and write :meth:`compute_deltas`."""
+
+    needs_subject_position = True
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
     name = METHOD_NAME
     config_class = LuLafnConfig
     summary = "the paper's method: ΔV on language-agnostic factual neurons, applied per subject at inference"
+    needs_subject_position = True
 
     def default_config(self) -> LuLafnConfig:
         return preset_for(self.model_name).config
@@ -65,7 +66,13 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         for req in group.requests:
             context = f"edit {group.group_id or '?'}, language {req.lang}"
             seqs, span = sequences_for_request(
-                self.tokenizer, req, self.prefixes(req.lang), self.config.include_bare_question, context, stop
+                self.tokenizer,
+                req,
+                self.prefixes(req.lang),
+                self.config.include_bare_question,
+                context,
+                stop,
+                aligned=group.other_subjects(req.lang),
             )
             sequences += seqs
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
