@@ -184,7 +184,16 @@ def test_run_writes_rows_and_summary_of_the_fixed_shape(full_run: tuple[Path, di
     on_disk = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert on_disk == summary
     validate_summary(on_disk, "summary.json")
-    assert set(on_disk) == {*SUMMARY_KEYS, "edit_langs", "sequential", "coverage", "not_edited", "prepare_seconds"}
+    extra = {
+        "avg_leaves_out",
+        "scored_records",
+        "edit_langs",
+        "sequential",
+        "coverage",
+        "not_edited",
+        "prepare_seconds",
+    }
+    assert set(on_disk) == {*SUMMARY_KEYS, *extra}
     assert on_disk["prepare_seconds"] >= 0
     assert on_disk["method"] == "lu-lafns" and on_disk["model"] == MODEL_NAME
     assert on_disk["setting"] == "multilingual" and on_disk["n_records"] == 3

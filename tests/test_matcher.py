@@ -51,7 +51,7 @@ def test_folded_mode_ignores_case_and_diacritics_and_reports_original_span() -> 
     prompt = "From MUNCHEN to pâris, not to Parisian towns."
     assert matcher.find(prompt) == [SubjectMatch("mu", 5, 12, "MUNCHEN"), SubjectMatch("p", 16, 21, "pâris")]
     assert AutomatonMatcher([("München", "mu")]).find(prompt) == []
-    assert matcher.describe()["fold"] is True
+    assert matcher.describe()["fold_case_and_diacritics"] is True
 
 
 def test_lookup_time_does_not_grow_with_the_number_of_edits() -> None:

@@ -14,6 +14,7 @@ from mkedit.errors import DataFormatError
 from mkedit.eval.report import (
     METRICS,
     SCORE_KEYS,
+    SUMMARY_KEYS,
     language_em,
     merge_reports,
     summarize,
@@ -89,7 +90,7 @@ def test_summarize_hand_computed() -> None:
 
 def test_summary_json_shape_is_exact(tmp_path: Path) -> None:
     s = _summary()
-    assert list(s) == ["method", "model", "setting", "n_records", "langs", "scores", "avg", "seconds_per_edit"]
+    assert list(s) == [*SUMMARY_KEYS, "avg_leaves_out", "scored_records"]
     assert s["langs"] == ["en", "zh"]
     assert set(s["scores"]) == {"en", "zh"}
     for per_lang in s["scores"].values():
@@ -200,3 +201,17 @@ def test_report_command(tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, [str(tmp_path / "nowhere"), "--out", str(out)])
     assert missing.exit_code == 1
     assert "nowhere" in missing.output
+
+
+def test_missing_metrics_are_named_beside_avg() -> None:
+    """avg never quietly averages fewer metrics or records: what it leaves out is in the summary and the table."""
+    full = {m: {"f1": 1.0, "em": 1.0} for m in METRICS}
+    rows = [
+        {"record_id": "a", "scores": {"en": {m: v for m, v in full.items() if m != "portability"}}},
+        {"record_id": "b", "scores": {"en": {m: v for m, v in full.items() if m not in ("portability", "locality")}}},
+    ]
+    s = summarize(rows, "m", "x", "multilingual", ["en"], None)
+    assert s["avg_leaves_out"] == ["en/portability"]
+    assert s["scored_records"] == {"en/locality": 1}
+    note = summary_markdown(s)
+    assert "avg leaves out en/portability" in note and "en/locality 1" in note

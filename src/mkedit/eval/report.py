@@ -93,6 +93,10 @@ def summarize(
                         )
                     values[lang][metric][key].append(float(value))
     scores = {lang: {m: {k: aggregate(values[lang][m][k]) for k in SCORE_KEYS} for m in METRICS} for lang in codes}
+    # Metric coverage, so that avg never silently averages over fewer metrics or records than it claims.
+    scored = {f"{lang}/{m}": len(values[lang][m]["em"]) for lang in codes for m in METRICS}
+    missing = [key for key, n in scored.items() if n == 0]
+    partial = {key: n for key, n in scored.items() if 0 < n < len(per_record_rows)}
     for lang in codes:
         if all(scores[lang][m][k] is None for m in METRICS for k in TF_KEYS):
             logger.warning("no teacher-forced scores for language %s in %d records", lang, len(per_record_rows))
@@ -105,6 +109,8 @@ def summarize(
         "scores": scores,
         "avg": summary_avg(scores),
         "seconds_per_edit": seconds_per_edit,
+        "avg_leaves_out": missing,
+        "scored_records": partial,
     }
 
 
@@ -248,6 +254,17 @@ def _has_generation(summaries: Sequence[Summary]) -> bool:
     )
 
 
+def coverage_note(summary: Summary) -> str:
+    """A visible note when avg leaves a metric out ("–" in the table) or a metric covers fewer records."""
+    notes = []
+    if summary.get("avg_leaves_out"):
+        notes.append(f"avg leaves out {', '.join(summary['avg_leaves_out'])} (no scores: shown as –)")
+    if summary.get("scored_records"):
+        counts = ", ".join(f"{key} {n}" for key, n in summary["scored_records"].items())
+        notes.append(f"scored on fewer than all {summary['n_records']} records: {counts}")
+    return f"*{summary['method']} ({summary['setting']}): {'; '.join(notes)}.*" if notes else ""
+
+
 def summary_markdown(summaries: Summary | Sequence[Summary]) -> str:
     """Markdown: the teacher-forced Table 2, the generation-based numbers, and the runs' details."""
     if isinstance(summaries, Mapping):
@@ -260,6 +277,9 @@ def summary_markdown(summaries: Summary | Sequence[Summary]) -> str:
             "",
             _markdown_table(*table_rows(summaries, generation=True)),
         ]
+    for s in summaries:
+        if note := coverage_note(s):
+            parts += ["", note]
     runs = [
         [s["model"], s["method"], s["setting"], str(s["n_records"]), _fmt(s["seconds_per_edit"])] for s in summaries
     ]

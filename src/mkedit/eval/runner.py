@@ -224,7 +224,9 @@ def plan_for(config: EvalConfig, records: Sequence[BenchmarkRecord]) -> EvalPlan
 # --------------------------------------------------------------------------- run directory
 
 
-def _run_info(config: EvalConfig, model_name: str, plan: EvalPlan, cache: EditCache) -> dict[str, Any]:
+def _run_info(
+    config: EvalConfig, model_name: str, plan: EvalPlan, cache: EditCache, matcher: dict[str, object] | None
+) -> dict[str, Any]:
     fingerprint = cache.fingerprint
     return {
         "format": RUN_FORMAT,
@@ -241,6 +243,7 @@ def _run_info(config: EvalConfig, model_name: str, plan: EvalPlan, cache: EditCa
         "gen_extra_tokens": config.gen_extra_tokens,
         "method_config": cache.method_config,
         # informative only (may change between resumed calls):
+        "matcher": matcher,
         "config": config.to_dict(),
     }
 
@@ -462,7 +465,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_for(config, records)
     cache = method.new_cache()
-    _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache))
+    _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache, method.matcher_info()))
     records_path = out_dir / RECORDS_FILE
     # Rows of earlier versions that left a record out ("error") are done again: every record is scored now.
     existing = [row for row in read_rows(records_path) if "error" not in row]

@@ -132,6 +132,11 @@ class EditMethod(ABC, Generic[ConfigT]):
     def applied(self, edits: Sequence[Edit]) -> AbstractContextManager[EditedView]:
         """Put ``edits`` in force for the duration of the context; the model is bit-identical after it."""
 
+    def matcher_info(self) -> dict[str, object] | None:
+        """How this method decides which edits act on a prompt, for ``run.json``; None when every edit in
+        force acts on every prompt (weight edits)."""
+        return None
+
     def new_cache(self) -> EditCache:
         """An empty cache bound to this model, method and configuration."""
         return EditCache(model_fingerprint(self.model, self.model_name), self.name, self.config.to_dict())

@@ -51,6 +51,16 @@ def _whole_words(text: str, start: int, end: int) -> bool:
     return not (cut_left or cut_right)
 
 
+def describe_matcher(fold: bool) -> dict[str, object]:
+    """The built-in matcher's behaviour, as ``run.json`` records it."""
+    return {
+        "matcher": "aho-corasick",
+        "fold_case_and_diacritics": fold,
+        "whole_words": "in space-separated scripts",
+        "searched": "the prompt only",
+    }
+
+
 class AutomatonMatcher:
     """Whole-word, longest-first matching of ``(surface, edit_id)`` entries; a surface registered twice
     belongs to its last edit."""
@@ -73,7 +83,7 @@ class AutomatonMatcher:
 
     def describe(self) -> dict[str, object]:
         """What ``run.json`` records about the matcher in force."""
-        return {"matcher": self.name, "fold": self.fold, "word_boundaries": "space-separated scripts"}
+        return describe_matcher(self.fold)
 
     def find(self, text: str) -> list[SubjectMatch]:
         if self._empty or not text:

@@ -17,6 +17,7 @@ from mkedit.methods.lu_lafns.optimize import optimize_delta
 from mkedit.methods.registry import register_method
 from mkedit.runtime.cache import Edit
 from mkedit.runtime.edited_model import EditedModel, neuron_tensors
+from mkedit.runtime.matcher import describe_matcher
 from mkedit.types import EditGroup
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             sequences += seqs
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
         return sequences, subjects
+
+    def matcher_info(self) -> dict[str, object]:
+        return describe_matcher(self.config.match_fold)
 
     def edit(self, group: EditGroup, on_step: StepCallback | None = None) -> Edit:
         """Locate the group's LAFNs and learn their update; returns the edit to put in a cache."""
