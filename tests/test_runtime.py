@@ -192,6 +192,8 @@ def test_ask_reports_edits_applied() -> None:
     assert [a.question for a in answers] == questions
     assert [a.edits_applied for a in answers] == [["e1"], [], ["e1", "e2"]]
     assert all(isinstance(a.answer, str) and "\n" not in a.answer for a in answers)
+    spans = [[(m.edit_id, m.start, m.end, m.text) for m in a.matches] for a in answers]
+    assert spans == [[("e1", 24, 30, "Russia")], [], [("e2", 3, 7, "Mars"), ("e1", 20, 23, "俄罗斯")]]
 
 
 def test_edited_model_follows_cache_changes() -> None:
