@@ -9,7 +9,7 @@ library, then prints:
 - seconds per edit and the one-off preparation time (key statistics of the locate-then-edit methods).
 
     python benchmarks/compare_methods.py --data ../shared/data/bizsre/bizsre_test.json --langs en,zh \
-        --limit 30 --out runs/compare --set m-rome:stats_corpus=../shared/data/mzsre/train ...
+        --limit 30 --step 5 --out runs/compare --set m-rome:stats_corpus=../shared/data/mzsre/train ...
 
 A method's hyperparameters can be overridden with ``--set METHOD:KEY=VALUE`` (repeatable).
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 from mkedit.data import load_records
 from mkedit.eval.report import METRICS, summary_markdown
 from mkedit.eval.runner import SUMMARY_JSON, EvalConfig, run_evaluation
+from mkedit.methods.base import EditMethod
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.registry import build_method, method_names
 from mkedit.models import load_model
@@ -54,7 +55,7 @@ def conflict_table(summaries: dict[tuple[str, str], dict], methods: list[str], l
 
 def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str]) -> str:
     lines = [
-        "| Method | Setting | Records | s / edit | one-off preparation (s, this call) |",
+        "| Method | Setting | Records | s / edit | key statistics (s, once per model; this call) |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for method in methods:
@@ -63,9 +64,10 @@ def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str]) -> 
             if s:
                 spe = s.get("seconds_per_edit")
                 prep = s.get("prepare_seconds")
+                once = s.get("one_off_seconds")
                 lines.append(
                     f"| {method} | {setting} | {s['n_records']} | {'—' if spe is None else f'{spe:.1f}'} | "
-                    f"{'—' if prep is None else f'{prep:.1f}'} |"
+                    f"{'—' if once is None else f'{once:.0f}'}; {'—' if prep is None else f'{prep:.1f}'} |"
                 )
     return "\n".join(lines)
 
@@ -80,6 +82,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--methods", default=",".join(method_names()))
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=0,
+        help="Advance every method and setting by this many records per pass (0 = all at once), so that "
+        "an interrupted comparison still covers the same first records for every method",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="METHOD:KEY=VALUE")
     parser.add_argument("--no-generation", action="store_true", help="Teacher-forced scores only")
     parser.add_argument("--report-only", action="store_true", help="Print the tables from existing runs")
@@ -97,33 +106,36 @@ def main() -> None:
 
     summaries: dict[tuple[str, str], dict] = {}
     loaded = None if args.report_only else load_model(args.model)
-    for method in methods:
-        # One instance per method across settings: the locate-then-edit methods then reuse a fact's learned
-        # values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its cached z.
-        editor = None
-        if loaded is not None:
-            overrides = parse_overrides(per_method[method])
-            editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
-        for setting in settings:
-            out = args.out / f"{method}-{setting}"
-            if editor is not None:
+    # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
+    # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
+    editors: dict[str, EditMethod] = {}
+    step = args.step or args.limit
+    for end in [*range(step, args.limit, step), args.limit]:
+        for method in methods:
+            if loaded is not None and method not in editors:
+                overrides = parse_overrides(per_method[method])
+                editors[method] = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
+            for setting in settings:
+                out = args.out / f"{method}-{setting}"
+                if loaded is None:
+                    if (out / SUMMARY_JSON).is_file():
+                        summaries[(method, setting)] = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
+                    continue
                 config = EvalConfig(
                     method=method,
                     model=args.model,
                     data=args.data,
                     langs=tuple(langs),
-                    limit=args.limit,
+                    limit=end,
                     offset=args.offset,
                     setting=setting,  # type: ignore[arg-type]
                     generation=not args.no_generation,
                 )
-                records = load_records(args.data, config.langs, args.limit, args.offset)
-                print(f"[{method} / {setting}] {len(records)} records -> {out}", file=sys.stderr)
+                records = load_records(args.data, config.langs, end, args.offset)
+                print(f"[{method} / {setting}] records 1-{len(records)} -> {out}", file=sys.stderr)
                 summaries[(method, setting)] = run_evaluation(
-                    loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor
+                    loaded.model, loaded.tokenizer, loaded.name, records, config, out, editors[method]
                 )
-            elif (out / SUMMARY_JSON).is_file():
-                summaries[(method, setting)] = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
 
     multi = [summaries[(m, "multilingual")] for m in methods if (m, "multilingual") in summaries]
     if multi:

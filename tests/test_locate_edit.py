@@ -280,3 +280,15 @@ def test_values_are_remembered_per_request_weights_and_updates_in_force(corpus: 
     rome.edit(GROUP)  # en first, then zh with en's update in force
     assert rome.edit(GROUP.restrict(["zh"])).info["values_reused"] == []
     assert rome.edit(GROUP.restrict(["en"])).info["values_reused"] == ["en"]
+
+
+def test_statistics_record_their_compute_time_for_later_runs(corpus: Path) -> None:
+    """The one-off cost is reported even when the statistics come from the cache of an earlier run."""
+    method = make("m-memit", "llama", corpus)
+    assert method.one_off_seconds() is None  # nothing computed or loaded yet
+    method.prepare(["en", "zh"])
+    computed = method.one_off_seconds()
+    assert computed is not None and computed >= 0
+    later = make("m-memit", "llama", corpus)  # same model seed, corpus and samples: loads from disk
+    later.prepare(["en", "zh"])
+    assert later.stats.seconds == {} and later.one_off_seconds() == computed

@@ -493,7 +493,8 @@ def run_evaluation(
             existing.append(row)
             if progress is not None:
                 progress(index, len(todo), record.record_id)
-    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds)
+    one_off = method.one_off_seconds()
+    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds, one_off)
 
 
 class WeightGuard:
@@ -652,9 +653,11 @@ def write_summary(
     config: EvalConfig,
     model_name: str,
     prepare_seconds: float | None = None,
+    one_off_seconds: float | None = None,
 ) -> Summary:
     """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``.
-    ``prepare_seconds``: the method's one-off preparation (statistics) in this call, 0 when cached."""
+    ``prepare_seconds``: the method's one-off preparation (statistics) in this call, 0 when cached;
+    ``one_off_seconds``: what that preparation cost when it was done (see ``EditMethod.one_off_seconds``)."""
     by_id = {row["record_id"]: row for row in rows}
     selected = [by_id[r.record_id] for r in records if r.record_id in by_id]
     evaluated = [row for row in selected if "error" not in row]
@@ -671,6 +674,8 @@ def write_summary(
     }
     if prepare_seconds is not None:
         summary["prepare_seconds"] = round(prepare_seconds, 3)
+    if one_off_seconds is not None:
+        summary["one_off_seconds"] = one_off_seconds
     if config.sequential:
         wanted = {row["record_id"] for row in evaluated}
         in_run_order = [row for row in rows if row["record_id"] in wanted]

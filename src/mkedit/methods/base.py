@@ -132,6 +132,11 @@ class EditMethod(ABC, Generic[ConfigT]):
     def applied(self, edits: Sequence[Edit]) -> AbstractContextManager[EditedView]:
         """Put ``edits`` in force for the duration of the context; the model is bit-identical after it."""
 
+    def one_off_seconds(self) -> float | None:
+        """Seconds of one-off work behind the edits made so far (key statistics), whenever it was done;
+        None when the method has none or its time was not recorded."""
+        return None
+
     def matcher_info(self) -> dict[str, object] | None:
         """How this method decides which edits act on a prompt, for ``run.json``; None when every edit in
         force acts on every prompt (weight edits)."""

@@ -191,6 +191,11 @@ class LocateEditMethod(EditMethod[ConfigT]):
         for lang in langs:
             self.stats.ensure(self.config.layers, lang)
 
+    def one_off_seconds(self) -> float | None:
+        """The compute time of the key statistics in use (recorded with them in the stats cache)."""
+        times = list(self.stats.compute_seconds.values())
+        return None if not times or None in times else round(sum(t for t in times if t is not None), 1)
+
     @torch.no_grad()
     def _edited_weights_checksum(self) -> torch.Tensor:
         """Sums of the W_out matrices this method edits: any low-rank delta in force changes them."""

@@ -123,6 +123,8 @@ class SecondMoments:
         self.before_compute = before_compute  # called before a pass over the corpus (not when loading)
         self._memory: dict[tuple[int, str], torch.Tensor] = {}
         self.seconds: dict[str, float] = {}  # lang -> seconds spent computing (not loading)
+        # (layer, lang) -> its share of the corpus pass that computed it, whenever that was (None: not recorded)
+        self.compute_seconds: dict[tuple[int, str], float | None] = {}
 
     def get(self, layer: int, lang: str) -> torch.Tensor:
         """``C`` of ``layer`` in ``lang``: ``[d_ffn, d_ffn]`` float32 on the CPU."""
@@ -144,6 +146,7 @@ class SecondMoments:
                 moment, meta = _load(paths[layer])
                 _check_enough_keys(int(meta.get("tokens", 0)), moment.shape[0], layer, lang, str(file))
                 self._memory[(layer, lang)] = moment
+                self.compute_seconds[(layer, lang)] = float(meta["seconds"]) if "seconds" in meta else None
             else:
                 todo.append(layer)
         if todo:
@@ -173,11 +176,14 @@ class SecondMoments:
         d = self.adapter.d_ffn
         partial = {layer: paths[layer].with_suffix(".partial.safetensors") for layer in layers}
         sums, done, tokens = {}, {}, {}
+        began = time.perf_counter()
+        earlier = 0.0  # seconds of an interrupted pass, from its partial sums
         for layer in layers:
             meta = _load(partial[layer])[1] if partial[layer].is_file() else {}
             if meta.get("batch_size") == str(self.batch_size):  # other batches would not line up
                 sums[layer] = _load(partial[layer])[0]
                 done[layer], tokens[layer] = int(meta["texts_done"]), int(meta["tokens"])
+                earlier = max(earlier, float(meta.get("seconds", 0.0)))
             else:
                 sums[layer], done[layer], tokens[layer] = torch.zeros(d, d, dtype=torch.float64), 0, 0
         start = min(done.values()) // self.batch_size * self.batch_size
@@ -217,15 +223,23 @@ class SecondMoments:
                 bar.update(len(chunk))
                 if (batch_index + 1) % self.checkpoint_every == 0 and end < len(texts):
                     for layer in layers:
-                        meta = {"texts_done": done[layer], "tokens": tokens[layer], "batch_size": self.batch_size}
+                        meta = {
+                            "texts_done": done[layer],
+                            "tokens": tokens[layer],
+                            "batch_size": self.batch_size,
+                            "seconds": earlier + time.perf_counter() - began,
+                        }
                         _save(partial[layer], sums[layer], meta)
         finally:
             bar.close()
             for handle in handles:
                 handle.remove()
+        share = (earlier + time.perf_counter() - began) / len(layers)  # one pass serves every layer
         for layer in layers:
             moment = (sums[layer] / max(tokens[layer], 1)).float()
             meta = {"texts": len(texts), "tokens": tokens[layer], "source": source, "lang": lang, "layer": layer}
+            meta["seconds"] = share  # the exact float: str() round-trips it
+            self.compute_seconds[(layer, lang)] = share
             _save(paths[layer], moment, meta)
             partial[layer].unlink(missing_ok=True)
             _check_enough_keys(tokens[layer], d, layer, lang, source)
