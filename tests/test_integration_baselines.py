@@ -1,7 +1,7 @@
 """The paper's baselines on a real packaged model, one per family: weight editing by locate-then-edit
 (M-ROME), LoRA fine-tuning and retrieval in context. An en+zh edit must give the new answer in both
-languages while in force, keep an unrelated prompt's next token, and leave the model's weights exactly
-as they were."""
+languages while in force and leave the model's weights exactly as they were; M-ROME and ReMaKE must also
+keep an unrelated prompt's next token."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ pytestmark = pytest.mark.slow
 # conflict, measured by benchmarks/compare_methods.py). The Volvo record's subject ends in "B12M" in both
 # languages; the Eiffel Tower record's subjects share no token, so the test checks the mechanism.
 RECORD = {"m-rome": 1}
+# LoRA-FT adapts the attention of every block, so prompts about anything else move too: the paper measures
+# its Locality EM at about 5 % (Table 11). The test holds it to the edit itself, not to locality.
+KEEPS_UNRELATED = {"m-rome", "remake"}
 UNRELATED = ["Water is made of hydrogen and", "问：太阳系中最大的行星是什么？\n答："]  # about neither record
 
 
@@ -177,5 +180,6 @@ def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str, 
     for (question, _, lang), post, pre_lp, post_lp in zip(cases, after, base_logprobs, logprobs, strict=True):
         assert post.pred_ids == post.target_ids, f"{name} {lang}: edit not in force for {question!r}"
         assert post_lp > pre_lp, f"{name} {lang}: answer log-prob {pre_lp:.2f} -> {post_lp:.2f}"
-    assert unrelated_next == base_next, f"{name}: an unrelated prompt's next token changed"
+    if name in KEEPS_UNRELATED:
+        assert unrelated_next == base_next, f"{name}: an unrelated prompt's next token changed"
     assert torch.equal(weights_checksum(qwen.model), checksum)
