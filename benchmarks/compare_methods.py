@@ -72,6 +72,45 @@ def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str]) -> 
     return "\n".join(lines)
 
 
+def run_passes(
+    args: argparse.Namespace,
+    methods: list[str],
+    settings: list[str],
+    langs: list[str],
+    per_method: dict[str, list[str]],
+) -> dict[tuple[str, str], dict]:
+    """Run (or resume) every method and setting, ``args.step`` more records per pass; the last summaries."""
+    loaded = load_model(args.model)
+    records = load_records(args.data, langs, args.limit, args.offset)
+    # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
+    # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
+    editors: dict[str, EditMethod] = {}
+    summaries: dict[tuple[str, str], dict] = {}
+    step = args.step or len(records)
+    for end in [*range(step, len(records), step), len(records)]:
+        for method in methods:
+            if method not in editors:
+                overrides = parse_overrides(per_method[method])
+                editors[method] = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
+            for setting in settings:
+                out = args.out / f"{method}-{setting}"
+                config = EvalConfig(
+                    method=method,
+                    model=args.model,
+                    data=args.data,
+                    langs=tuple(langs),
+                    limit=end,
+                    offset=args.offset,
+                    setting=setting,  # type: ignore[arg-type]
+                    generation=not args.no_generation,
+                )
+                print(f"[{method} / {setting}] records 1-{end} -> {out}", file=sys.stderr)
+                summaries[(method, setting)] = run_evaluation(
+                    loaded.model, loaded.tokenizer, loaded.name, records[:end], config, out, editors[method]
+                )
+    return summaries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
@@ -105,37 +144,14 @@ def main() -> None:
         per_method[method].append(pair)
 
     summaries: dict[tuple[str, str], dict] = {}
-    loaded = None if args.report_only else load_model(args.model)
-    # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
-    # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
-    editors: dict[str, EditMethod] = {}
-    step = args.step or args.limit
-    for end in [*range(step, args.limit, step), args.limit]:
+    if args.report_only:
         for method in methods:
-            if loaded is not None and method not in editors:
-                overrides = parse_overrides(per_method[method])
-                editors[method] = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
             for setting in settings:
-                out = args.out / f"{method}-{setting}"
-                if loaded is None:
-                    if (out / SUMMARY_JSON).is_file():
-                        summaries[(method, setting)] = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
-                    continue
-                config = EvalConfig(
-                    method=method,
-                    model=args.model,
-                    data=args.data,
-                    langs=tuple(langs),
-                    limit=end,
-                    offset=args.offset,
-                    setting=setting,  # type: ignore[arg-type]
-                    generation=not args.no_generation,
-                )
-                records = load_records(args.data, config.langs, end, args.offset)
-                print(f"[{method} / {setting}] records 1-{len(records)} -> {out}", file=sys.stderr)
-                summaries[(method, setting)] = run_evaluation(
-                    loaded.model, loaded.tokenizer, loaded.name, records, config, out, editors[method]
-                )
+                path = args.out / f"{method}-{setting}" / SUMMARY_JSON
+                if path.is_file():
+                    summaries[(method, setting)] = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        summaries = run_passes(args, methods, settings, langs, per_method)
 
     multi = [summaries[(m, "multilingual")] for m in methods if (m, "multilingual") in summaries]
     if multi:

@@ -32,7 +32,8 @@ app = typer.Typer(help="Multilingual knowledge editing with language-agnostic fa
 app.add_typer(data_app, name="data")
 app.command("report")(report_command)
 app.command("eval")(eval_command)
-console = Console()
+console = Console()  # results
+err = Console(stderr=True)  # status, logs, errors: `--json | jq` keeps working
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Packaged short name, HF id, local folder or .gguf")]
 LangsOpt = Annotated[str | None, typer.Option(help="Comma-separated languages to use, e.g. en,zh")]
@@ -48,12 +49,12 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=err, show_path=False)],
     )
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(code=1)
 
 
@@ -62,8 +63,8 @@ def _split(langs: str | None) -> list[str] | None:
 
 
 def _load(model: str):
-    with console.status(f"loading {model} (the first use of a packaged model converts it once, ~1-2 min)"):
-        return load_model(model, progress=lambda msg: console.log(msg))
+    with err.status(f"loading {model} (the first use of a packaged model converts it once, ~1-2 min)"):
+        return load_model(model, progress=lambda msg: err.log(msg))
 
 
 @app.command()

@@ -78,7 +78,8 @@ def eval_command(
     Results are appended to OUT/records.jsonl as each record finishes, so running the same command again
     resumes an interrupted run. Writes OUT/summary.json, OUT/summary.md and, for 3+ languages, a heatmap.
     """
-    console = Console()
+    console = Console()  # results: the table and the summary line
+    err = Console(stderr=True)  # status, progress, warnings, errors
     try:
         settings = parse_overrides(overrides)
         check_method_options(method, preset, settings)
@@ -97,8 +98,8 @@ def eval_command(
             curve_every=curve_every,
         )
         records = load_records(data, config.langs, limit, offset)
-        with console.status(f"loading {model}"):
-            loaded = load_model(model, progress=lambda msg: console.log(msg))
+        with err.status(f"loading {model}"):
+            loaded = load_model(model, progress=lambda msg: err.log(msg))
         editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
         columns = (
             TextColumn("{task.description}"),
@@ -108,12 +109,12 @@ def eval_command(
             TextColumn("left"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=err) as bar:
             task = bar.add_task("records", total=None)
 
             def on_progress(done: int, total: int, record_id: str) -> None:
                 if done == 0 and total < len(records):
-                    console.print(f"resuming: {len(records) - total} of {len(records)} record(s) already in {out}")
+                    err.print(f"resuming: {len(records) - total} of {len(records)} record(s) already in {out}")
                 label = f"records ({record_id})" if record_id else "records"
                 bar.update(task, completed=done, total=total, description=label)
 
@@ -121,12 +122,12 @@ def eval_command(
                 loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor, progress=on_progress
             )
     except MkeditError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     console.print(console_table([summary]))
     for lang, ids in summary["not_edited"].items():
         if ids:
-            console.print(
+            err.print(
                 f"[yellow]{lang}: {len(ids)} record(s) not edited[/yellow] (scored unedited; reasons in "
                 f"{out / RECORDS_FILE}): " + ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""),
                 highlight=False,
@@ -139,4 +140,4 @@ def eval_command(
         highlight=False,
     )
     written = [out / SUMMARY_JSON, out / SUMMARY_MD] + ([out / HEATMAP_PNG] if (out / HEATMAP_PNG).is_file() else [])
-    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
+    err.print("wrote " + ", ".join(str(p) for p in written), highlight=False)

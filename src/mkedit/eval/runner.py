@@ -659,10 +659,9 @@ def write_summary(
     ``prepare_seconds``: the method's one-off preparation (statistics) in this call, 0 when cached;
     ``one_off_seconds``: what that preparation cost when it was done (see ``EditMethod.one_off_seconds``)."""
     by_id = {row["record_id"]: row for row in rows}
-    selected = [by_id[r.record_id] for r in records if r.record_id in by_id]
-    evaluated = [row for row in selected if "error" not in row]
-    if len(by_id) > len(selected):
-        extra = len(by_id) - len(selected)
+    evaluated = [by_id[r.record_id] for r in records if r.record_id in by_id]
+    if len(by_id) > len(evaluated):
+        extra = len(by_id) - len(evaluated)
         log.info("%s holds %d row(s) outside this selection; left out of the summary", out_dir, extra)
     test_langs = plan.test_langs
     summary = summarize(evaluated, config.method, model_name, config.setting, test_langs, _seconds_per_edit(evaluated))

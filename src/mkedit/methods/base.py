@@ -57,10 +57,10 @@ class EditMethod(ABC, Generic[ConfigT]):
     """The registry name (``--method``)."""
     config_class: ClassVar[type[MethodConfig]]
     summary: ClassVar[str] = ""
+    """One line for ``mkedit methods``."""
     needs_subject_position: ClassVar[bool] = False
     """True when an edit works at the subject's tokens (LU-LAFNs, the locate-then-edit methods): a language
     whose question does not name the subject placeably cannot be edited, and is left out of the group."""
-    """One line for ``mkedit methods``."""
 
     def __init__(
         self,

@@ -9,14 +9,13 @@ matches do not overlap. ``fold=True`` (opt-in) also matches across letter case a
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import ahocorasick
 
-from mkedit.runtime.subject import word_char
+from mkedit.runtime.subject import fold_text, word_char
 
 
 @dataclass(frozen=True)
@@ -31,17 +30,6 @@ class SubjectMatcher(Protocol):
     def find(self, text: str) -> list[SubjectMatch]:
         """Non-overlapping subject occurrences in ``text``, left to right."""
         ...
-
-
-def fold_text(text: str) -> tuple[str, list[int]]:
-    """Case-folded ``text`` without combining marks, and for each of its characters the source index."""
-    out: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        folded = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)).casefold()
-        out.append(folded)
-        origin.extend([i] * len(folded))
-    return "".join(out), origin
 
 
 def _whole_words(text: str, start: int, end: int) -> bool:
@@ -65,8 +53,6 @@ class AutomatonMatcher:
     """Whole-word, longest-first matching of ``(surface, edit_id)`` entries; a surface registered twice
     belongs to its last edit."""
 
-    name = "automaton"
-
     def __init__(self, entries: Iterable[tuple[str, str]], fold: bool = False) -> None:
         self.fold = fold
         self._automaton = ahocorasick.Automaton()
@@ -88,10 +74,12 @@ class AutomatonMatcher:
     def find(self, text: str) -> list[SubjectMatch]:
         if self._empty or not text:
             return []
-        haystack, origin = fold_text(text) if self.fold else (text, list(range(len(text))))
+        haystack, origin = fold_text(text) if self.fold else (text, None)
         candidates = []
         for last, (length, edit_id) in self._automaton.iter(haystack):
-            start, end = origin[last - length + 1], origin[last] + 1
+            start, end = last - length + 1, last + 1
+            if origin is not None:  # folded offsets back to the prompt's
+                start, end = origin[start], origin[last] + 1
             if _whole_words(text, start, end):
                 candidates.append((start, -end, edit_id))
         matches: list[SubjectMatch] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,18 +39,35 @@ class SubjectSpan:
     score: float  # 100 for verbatim, the alignment score (0-100) otherwise
 
 
-def _normalise(text: str) -> tuple[str, list[int]]:
-    """Case-fold, strip diacritics and transliterate; also return, per output char, its source index."""
+def _folded_char(ch: str) -> str:
+    """``ch`` case-folded, without combining marks (may be empty or several characters)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c)).casefold()
+
+
+def _transliterated_char(ch: str) -> str:
+    folded = _folded_char(ch)
+    return anyascii(folded).lower() if folded and not folded.isascii() else folded
+
+
+def _per_char(text: str, convert: Callable[[str], str]) -> tuple[str, list[int]]:
+    """``text`` converted character by character, and for each output character its source index."""
     out: list[str] = []
     origin: list[int] = []
     for i, ch in enumerate(text):
-        decomposed = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
-        folded = decomposed.casefold()
-        if folded and not folded.isascii():
-            folded = anyascii(folded).lower()
-        out.append(folded)
-        origin.extend([i] * len(folded))
+        piece = convert(ch)
+        out.append(piece)
+        origin.extend([i] * len(piece))
     return "".join(out), origin
+
+
+def fold_text(text: str) -> tuple[str, list[int]]:
+    """Case-folded ``text`` without diacritics (the matcher's opt-in mode), with source indices."""
+    return _per_char(text, _folded_char)
+
+
+def _normalise(text: str) -> tuple[str, list[int]]:
+    """Case-fold, strip diacritics and transliterate; also return, per output char, its source index."""
+    return _per_char(text, _transliterated_char)
 
 
 # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK): no word to snap to.
@@ -198,9 +215,7 @@ def _approximate_words(text: str, subject: str, min_score: float) -> SubjectSpan
                 best = (score, words[i][0], words[i + size - 1][1])
     if best is None or best[0] < min_score:
         return None
-    score, start, end = best
-    if suffix := _APOSTROPHE_SUFFIX.match(text, end):
-        end = suffix.end()
+    score, start, end = best  # words include their apostrophe suffixes ("2C'nin"), see _WORD
     start = _drop_elision(text, start, subject)
     end = _take_closing_marks(text, end, subject)
     start, end = _tidy(text, start, end, subject)

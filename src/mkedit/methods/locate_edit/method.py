@@ -70,14 +70,20 @@ def weights_digest(model: nn.Module) -> bytes:
     return weights_checksum(model).numpy().tobytes()
 
 
+def tensors_digest(*tensors: torch.Tensor) -> str:
+    """A digest of the tensors' raw bytes (shape and dtype as laid out)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def deltas_digest(deltas: FFNDeltas | None) -> str:
     """A digest of simulated weight updates (empty when none are in force)."""
-    digest = hashlib.sha256()
-    for layer in sorted(deltas or {}):
-        digest.update(str(layer).encode())
-        for factor in deltas[layer]:  # type: ignore[index]
-            digest.update(factor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest() if deltas else ""
+    if not deltas:
+        return ""
+    layers = sorted(deltas)
+    return str(layers) + tensors_digest(*(factor for layer in layers for factor in deltas[layer]))
 
 
 class GroupWork:
@@ -88,7 +94,6 @@ class GroupWork:
         self.adapter = method.adapter
         self.config = method.config
         self.langs = group.langs
-        self.requests = {req.lang: req for req in group.requests}
         self.batches: dict[str, TensorBatch] = {}
         self.subjects: dict[str, list[str]] = {}
         self.values: dict[str, ValueResult] = {}
@@ -107,12 +112,12 @@ class GroupWork:
     def value(self, lang: str, layer: int, sites: Sequence[Site], in_force: FFNDeltas | None = None) -> ValueResult:
         """Optimise ``lang``'s target outputs of ``sites`` at ``layer`` (kept for the edit's statistics).
 
-        Results are remembered by the method, keyed by everything they depend on (the request, the model's
-        weights, the layer, the sites and the updates in force), as the reference MEMIT caches its z
+        Results are remembered by the method, keyed by everything they depend on (the language's training
+        batch, the model's weights, the layer, the sites and the updates in force), as the reference MEMIT caches its z
         vectors: the same fact edited again (another setting of a benchmark, a re-edit) reuses its value.
         """
-        req = self.requests[lang]
-        request = (lang, req.question, req.subject, req.answer)
+        batch = self.batches[lang]  # prefixes, question, answer and the subject's place: all the value sees
+        request = tensors_digest(batch.input_ids, batch.attention_mask, batch.subject_pos)
         key = (self.model_state, request, layer, tuple(sites), deltas_digest(in_force))
         result = self.method.values_seen.get(key)
         if result is None:
