@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from mkedit.data import load_records
+from mkedit.data.probes import SOURCES, parse_sources
 from mkedit.eval.report import METRICS, summary_markdown
 from mkedit.eval.runner import SUMMARY_JSON, EvalConfig, run_evaluation
 from mkedit.methods.base import EditMethod
@@ -81,7 +82,8 @@ def run_passes(
 ) -> dict[tuple[str, str], dict]:
     """Run (or resume) every method and setting, ``args.step`` more records per pass; the last summaries."""
     loaded = load_model(args.model)
-    records = load_records(args.data, langs, args.limit, args.offset)
+    specificity = parse_sources(args.specificity)
+    records = load_records(args.data, langs, args.limit, args.offset, specificity)
     # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
     # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
     editors: dict[str, EditMethod] = {}
@@ -103,6 +105,7 @@ def run_passes(
                     offset=args.offset,
                     setting=setting,  # type: ignore[arg-type]
                     generation=not args.no_generation,
+                    specificity=specificity,
                 )
                 print(f"[{method} / {setting}] records 1-{end} -> {out}", file=sys.stderr)
                 summaries[(method, setting)] = run_evaluation(
@@ -130,6 +133,9 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="METHOD:KEY=VALUE")
     parser.add_argument("--no-generation", action="store_true", help="Teacher-forced scores only")
+    parser.add_argument(
+        "--specificity", default=",".join(SOURCES), help="Specificity probe sources (field,dataset,templates or none)"
+    )
     parser.add_argument("--report-only", action="store_true", help="Print the tables from existing runs")
     args = parser.parse_args()
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.data import load_records
 from mkedit.data.records import LOCALITY
-from mkedit.eval.report import METRICS, SCORE_KEYS, SUMMARY_KEYS, validate_summary
+from mkedit.eval.report import METRICS, SCORE_KEYS, SPECIFICITY, SUMMARY_KEYS, validate_summary
 from mkedit.eval.runner import (
     RECORDS_FILE,
     RUN_FILE,
@@ -150,7 +150,7 @@ class CountingEditor(LuLafnEditor):
 def _run(tiny: Any, data_file: Path, out: Path, limit: int | None = 3, **overrides: Any) -> tuple[dict, CountingEditor]:
     model, tokenizer = tiny
     config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=limit, **overrides)
-    records = load_records(data_file, config.langs, limit)
+    records = load_records(data_file, config.langs, limit, specificity=config.specificity)
     editor = CountingEditor(model, tokenizer)
     summary = run_evaluation(model, tokenizer, MODEL_NAME, records, config, out, editor)
     return summary, editor
@@ -174,7 +174,7 @@ def test_run_writes_rows_and_summary_of_the_fixed_shape(full_run: tuple[Path, di
     for row in rows:
         assert set(row["scores"]) == {"en", "zh"}
         for metrics in row["scores"].values():
-            assert set(metrics) == set(METRICS)
+            assert set(metrics) == {*METRICS, SPECIFICITY}
             for scores in metrics.values():
                 assert set(scores) == set(SCORE_KEYS)
                 assert all(0.0 <= v <= 1.0 for v in scores.values())
@@ -192,8 +192,11 @@ def test_run_writes_rows_and_summary_of_the_fixed_shape(full_run: tuple[Path, di
         "coverage",
         "not_edited",
         "prepare_seconds",
+        "probes",
     }
     assert set(on_disk) == {*SUMMARY_KEYS, *extra}
+    # every record has template probes in both languages, scored against the untouched model's answers
+    assert {lang: on_disk["probes"][lang]["records"] for lang in ("en", "zh")} == {"en": 3, "zh": 3}
     assert on_disk["prepare_seconds"] >= 0
     assert on_disk["method"] == "lu-lafns" and on_disk["model"] == MODEL_NAME
     assert on_disk["setting"] == "multilingual" and on_disk["n_records"] == 3

@@ -22,6 +22,7 @@ from rich.progress import (
 
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
+from mkedit.data.probes import SOURCES
 from mkedit.errors import MkeditError
 from mkedit.eval.runner import (
     HEATMAP_PNG,
@@ -68,6 +69,17 @@ def eval_command(
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; mkedit methods)"),
     ] = None,
+    specificity: Annotated[
+        str,
+        typer.Option(
+            "--specificity",
+            help="Specificity probe sources: field,dataset,templates (any of them), or none",
+        ),
+    ] = ",".join(SOURCES),
+    probe_templates: Annotated[
+        Path | None,
+        typer.Option("--probe-templates", help="Relation templates for the templates source (JSON)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 8,
     curve_every: Annotated[
         int, typer.Option("--curve-every", min=1, help="Sequential: a curve point every N records")
@@ -96,8 +108,10 @@ def eval_command(
             generation=generation,
             batch_size=batch_size,
             curve_every=curve_every,
+            specificity=specificity,  # type: ignore[arg-type]  # parsed by EvalConfig
+            probe_templates=str(probe_templates) if probe_templates else None,
         )
-        records = load_records(data, config.langs, limit, offset)
+        records = load_records(data, config.langs, limit, offset, config.specificity, config.probe_templates)
         with err.status(f"loading {model}"):
             loaded = load_model(model, progress=lambda msg: err.log(msg))
         editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)

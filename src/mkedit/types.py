@@ -83,9 +83,25 @@ class TestCase:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A Specificity probe: a question about the edited subject that asks *another* relation.
+
+    It has no gold answer: the post-edit answer must equal the model's own pre-edit answer.
+    ``source`` says where it came from (``field``, ``dataset`` or ``templates``), ``relation`` what
+    it asks when known (a template's relation, or the relation family of a dataset question).
+    """
+
+    question: str
+    source: str
+    relation: str = ""
+
+
+@dataclass(frozen=True)
 class BenchmarkRecord:
-    """One benchmark record: the edit group plus, per language, the test cases of each metric."""
+    """One benchmark record: the edit group plus, per language, the test cases of each metric and the
+    Specificity probes."""
 
     record_id: str
     group: EditGroup
     tests: dict[str, dict[str, TestCase]] = field(default_factory=dict)  # lang -> metric -> case
+    probes: dict[str, tuple[Probe, ...]] = field(default_factory=dict)  # lang -> probes

@@ -14,12 +14,14 @@ stable across runs that select different windows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mkedit.data.probes import attach_probes, load_templates
 from mkedit.data.records import normalize_langs, parse_record
 from mkedit.errors import DataFormatError
 from mkedit.types import BenchmarkRecord, EditGroup
@@ -105,10 +107,15 @@ def load_records(
     langs: Sequence[str] | None = None,
     limit: int | None = None,
     offset: int = 0,
+    specificity: Sequence[str] = (),
+    probe_templates: str | Path | None = None,
 ) -> list[BenchmarkRecord]:
     """Records ``offset .. offset+limit`` of a benchmark or edit file, optionally restricted to ``langs``.
 
-    Records outside the window are not validated, so a window can skip a known-bad record.
+    Records outside the window are not validated, so a window can skip a known-bad record (the
+    ``dataset`` Specificity source still reads their subjects and questions, defensively).
+    ``specificity`` names the probe sources of :mod:`mkedit.data.probes` (none: no probes, not even a
+    record's own ``specificity`` field); ``probe_templates`` replaces the packaged relation templates.
     """
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
@@ -130,7 +137,11 @@ def load_records(
         for index, (item, line) in enumerate(raw[offset:end], start=offset)
     ]
     log.info("loaded %d of %d records from %s", len(records), len(raw), path)
-    return records
+    if not specificity:
+        return [dataclasses.replace(r, probes={}) for r in records]
+    templates = load_templates(probe_templates) if "templates" in specificity else None
+    items = [item for item, _ in raw]
+    return attach_probes(records, items, range(offset, offset + len(records)), specificity, templates)
 
 
 def load_edit_groups(path: str | Path, langs: Sequence[str] | None = None) -> list[EditGroup]:

@@ -14,12 +14,12 @@ from typing import Any
 
 from mkedit.errors import DataFormatError, UnknownLanguageError
 from mkedit.languages import normalize_code
-from mkedit.types import BenchmarkRecord, EditGroup, EditRequest, TestCase
+from mkedit.types import BenchmarkRecord, EditGroup, EditRequest, Probe, TestCase
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS: tuple[str, ...] = ("subject", "src", "alt")
-OPTIONAL_FIELDS: tuple[str, ...] = ("rephrase", "loc", "loc_ans", "portability", "paraphrases")
+OPTIONAL_FIELDS: tuple[str, ...] = ("rephrase", "loc", "loc_ans", "portability", "paraphrases", "specificity")
 PORTABILITY_QUESTION = "New Question"
 PORTABILITY_ANSWER = "New Answer"
 
@@ -78,14 +78,18 @@ def _portability(part: Mapping[str, Any], where: _Where, lang: str) -> TestCase 
     return TestCase(question, answer)
 
 
-def _paraphrases(part: Mapping[str, Any], where: _Where, lang: str) -> tuple[str, ...]:
-    """Edit-file ``paraphrases`` (locating aids the user supplies); distinct from the test ``rephrase``."""
-    value = part.get("paraphrases")
+def _strings(part: Mapping[str, Any], key: str, where: _Where, lang: str) -> tuple[str, ...]:
+    """An optional list of non-empty strings."""
+    value = part.get(key)
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise where.error(f"must be a list of non-empty strings, got {value!r}", lang, "paraphrases")
+        raise where.error(f"must be a list of non-empty strings, got {value!r}", lang, key)
     return tuple(value)
+
+
+SPECIFICITY_FIELD = "specificity"
+"""Edit-file field: questions about the subject that ask another relation (Specificity probes)."""
 
 
 def _parse_part(part: Any, code: str, where: _Where) -> tuple[EditRequest, dict[str, TestCase]]:
@@ -107,7 +111,7 @@ def _parse_part(part: Any, code: str, where: _Where) -> tuple[EditRequest, dict[
     portability = _portability(part, where, code)
     if portability is not None:
         tests[PORTABILITY] = portability
-    request = EditRequest(code, subject, src, alt, _paraphrases(part, where, code))
+    request = EditRequest(code, subject, src, alt, _strings(part, "paraphrases", where, code))
     return request, tests
 
 
@@ -182,14 +186,17 @@ def parse_record(
         raise where.error("has no languages")
     requests: list[EditRequest] = []
     tests: dict[str, dict[str, TestCase]] = {}
+    probes: dict[str, tuple[Probe, ...]] = {}
     for code, part in parts.items():
         request, cases = _parse_part(part, code, where)
         requests.append(request)
         tests[code] = cases
+        if questions := _strings(part, SPECIFICITY_FIELD, where, code):
+            probes[code] = tuple(Probe(q, "field") for q in questions)
     rid = own_id or record_id or f"{source}:{index}"
     aligned = tuple(
         part["subject"].strip()
         for part in languages.values()
         if isinstance(part, Mapping) and isinstance(part.get("subject"), str) and part["subject"].strip()
     )
-    return BenchmarkRecord(rid, EditGroup(tuple(requests), rid, aligned), tests)
+    return BenchmarkRecord(rid, EditGroup(tuple(requests), rid, aligned), tests, probes)

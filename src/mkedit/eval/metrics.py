@@ -216,7 +216,7 @@ def normalize_answer(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def _first_line(generated: str) -> str:
+def first_line(generated: str) -> str:
     """The answer part of a generation: leading whitespace dropped, then cut at the first newline.
 
     Leading newlines are dropped first so that "\\nParis" counts as answering "Paris".
@@ -226,7 +226,7 @@ def _first_line(generated: str) -> str:
 
 def gen_exact_match(generated: str, target: str) -> float:
     """1.0 if the normalised first line of ``generated`` equals the normalised ``target``, else 0.0."""
-    return float(normalize_answer(_first_line(generated)) == normalize_answer(target))
+    return float(normalize_answer(first_line(generated)) == normalize_answer(target))
 
 
 def gen_contains(generated: str, target: str) -> float:
@@ -235,7 +235,7 @@ def gen_contains(generated: str, target: str) -> float:
     A plain substring test (it cannot know word boundaries in unspaced scripts), so "Paris" is also
     found in "Parisian"; an empty normalised target only matches an empty answer.
     """
-    gen = normalize_answer(_first_line(generated))
+    gen = normalize_answer(first_line(generated))
     tgt = normalize_answer(target)
     if not tgt:
         return float(gen == tgt)
@@ -244,7 +244,7 @@ def gen_contains(generated: str, target: str) -> float:
 
 def gen_locality_scores(pre_generated: str, post_generated: str) -> tuple[float, float]:
     """Generation-based locality ``(gen_em, gen_contains)``: the post-edit answer vs the pre-edit one."""
-    pre = _first_line(pre_generated)
+    pre = first_line(pre_generated)
     return gen_exact_match(post_generated, pre), gen_contains(post_generated, pre)
 
 

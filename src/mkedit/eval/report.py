@@ -6,9 +6,11 @@
      "scores": {LANG: {METRIC: {"f1": x, "em": x, "gen_em": x, "gen_contains": x}}},
      "avg": x, "seconds_per_edit": x}
 
-with METRIC in reliability, generality, locality, portability. A score is ``null`` when no record had
-that number (e.g. generation was not run); ``avg`` is the paper's "avg": the mean of every
-teacher-forced F1 and EM number over the four metrics and all test languages (generation excluded).
+with METRIC in reliability, generality, locality, portability and specificity. A score is ``null`` when no
+record had that number (e.g. generation was not run, or no record had a Specificity probe); ``avg`` is the
+paper's "avg": the mean of every teacher-forced F1 and EM number over the paper's four metrics and all test
+languages (generation and Specificity excluded). Specificity averages each record's mean over its probes;
+``probes`` says how many records had probes and how many probes they had.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from mkedit.languages import normalize_code
 logger = logging.getLogger(__name__)
 
 METRICS: tuple[str, ...] = ("reliability", "generality", "locality", "portability")
+"""The paper's four metrics: the ones its "avg" and Figure 3 average."""
+SPECIFICITY = "specificity"
+"""Questions about the edited subject asking another relation; reported beside the paper's four, never in avg."""
+ALL_METRICS: tuple[str, ...] = (*METRICS, SPECIFICITY)
 TF_KEYS: tuple[str, ...] = ("f1", "em")
 GEN_KEYS: tuple[str, ...] = ("gen_em", "gen_contains")
 SCORE_KEYS: tuple[str, ...] = TF_KEYS + GEN_KEYS
@@ -70,7 +76,7 @@ def summarize(
     """
     codes = [normalize_code(lang) for lang in langs]
     values: dict[str, dict[str, dict[str, list[float]]]] = {
-        lang: {m: {k: [] for k in SCORE_KEYS} for m in METRICS} for lang in codes
+        lang: {m: {k: [] for k in SCORE_KEYS} for m in ALL_METRICS} for lang in codes
     }
     for row in per_record_rows:
         rid = row.get("record_id", "?")
@@ -79,8 +85,8 @@ def summarize(
             if lang not in values:
                 continue
             for metric, scores in metrics.items():
-                if metric not in METRICS:
-                    raise ValueError(f"record {rid}: unknown metric {metric!r} (expected one of {METRICS})")
+                if metric not in ALL_METRICS:
+                    raise ValueError(f"record {rid}: unknown metric {metric!r} (expected one of {ALL_METRICS})")
                 for key, value in scores.items():
                     if key not in SCORE_KEYS:
                         raise ValueError(f"record {rid}: unknown score {key!r} (expected one of {SCORE_KEYS})")
@@ -92,7 +98,7 @@ def summarize(
                             "(per-record scores are fractions; the summary turns them into percent)"
                         )
                     values[lang][metric][key].append(float(value))
-    scores = {lang: {m: {k: aggregate(values[lang][m][k]) for k in SCORE_KEYS} for m in METRICS} for lang in codes}
+    scores = {lang: {m: {k: aggregate(values[lang][m][k]) for k in SCORE_KEYS} for m in ALL_METRICS} for lang in codes}
     # Metric coverage, so that avg never silently averages over fewer metrics or records than it claims.
     scored = {f"{lang}/{m}": len(values[lang][m]["em"]) for lang in codes for m in METRICS}
     missing = [key for key, n in scored.items() if n == 0]
@@ -219,21 +225,27 @@ def _pair(a: float | None, b: float | None) -> str:
     return "–" if a is None and b is None else f"{_fmt(a)} / {_fmt(b)}"
 
 
+def _has_specificity(summaries: Sequence[Summary]) -> bool:
+    return any(_score(s, lang, SPECIFICITY, "em") is not None for s in summaries for lang in s["langs"])
+
+
 def table_rows(summaries: Sequence[Summary], generation: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells in the paper's Table 2 layout: one row per run, "F1 / EM" per language × metric.
+    """Headers and cells in the paper's Table 2 layout: one row per run, "F1 / EM" per language × metric,
+    plus a Specificity column per language when a run has it (outside "avg", which stays the paper's).
 
     With ``generation`` the cells are "gen EM / contains" and there is no "avg" column (the paper's avg
     is teacher-forced only).
     """
     langs = union_langs(summaries)
     keys = GEN_KEYS if generation else TF_KEYS
-    headers = ["Model", "Method"] + [f"{lang}: {m.capitalize()}" for lang in langs for m in METRICS]
+    metrics = ALL_METRICS if _has_specificity(summaries) else METRICS
+    headers = ["Model", "Method"] + [f"{lang}: {m.capitalize()}" for lang in langs for m in metrics]
     if not generation:
         headers.append("avg")
     rows = []
     for s in summaries:
         cells = [s["model"], s["method"]]
-        cells += [_pair(*(_score(s, lang, m, k) for k in keys)) for lang in langs for m in METRICS]
+        cells += [_pair(*(_score(s, lang, m, k) for k in keys)) for lang in langs for m in metrics]
         if not generation:
             cells.append(_fmt(s["avg"]))
         rows.append(cells)
@@ -259,6 +271,9 @@ def coverage_note(summary: Summary) -> str:
     notes = []
     if summary.get("avg_leaves_out"):
         notes.append(f"avg leaves out {', '.join(summary['avg_leaves_out'])} (no scores: shown as –)")
+    if probes := summary.get("probes"):
+        counts = ", ".join(f"{lang} {p['probes']} probes in {p['records']} records" for lang, p in probes.items())
+        notes.append(f"Specificity (not in avg): {counts}")
     if summary.get("scored_records"):
         counts = ", ".join(f"{key} {n}" for key, n in summary["scored_records"].items())
         notes.append(f"scored on fewer than all {summary['n_records']} records: {counts}")

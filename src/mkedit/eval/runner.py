@@ -43,11 +43,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mkedit.data.probes import SOURCES, parse_sources
 from mkedit.data.records import LOCALITY, normalize_langs
 from mkedit.errors import DataFormatError, MkeditError
 from mkedit.eval.metrics import (
     TokenPrediction,
     f1_em,
+    first_line,
     gen_contains,
     gen_exact_match,
     gen_locality_scores,
@@ -59,6 +61,7 @@ from mkedit.eval.metrics import (
 from mkedit.eval.report import (
     HEATMAP_MIN_LANGS,
     METRICS,
+    SPECIFICITY,
     Summary,
     summarize,
     summary_markdown,
@@ -70,7 +73,7 @@ from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.view import EditedView, ModelView
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
 from mkedit.runtime.subject import PLACEMENT_KINDS, SubjectSpan, place_subject, placement_kind
-from mkedit.types import BenchmarkRecord, EditGroup
+from mkedit.types import BenchmarkRecord, EditGroup, Probe
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,9 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "generation",
     "gen_extra_tokens",
     "method_config",
+    "specificity",
+    "probe_templates",
+    "probe_tokens",
 )
 
 ProgressFn = Callable[[int, int, str], None]
@@ -155,8 +161,20 @@ class EvalConfig:
     """Sequential mode: a point of ``sequential_curve`` every this many evaluated records."""
     gen_extra_tokens: int = 4
     """Generation budget beyond the answer's own token count."""
+    specificity: tuple[str, ...] = SOURCES
+    """Where Specificity probes come from (:data:`mkedit.data.probes.SOURCES`); empty = no Specificity."""
+    probe_templates: str | None = None
+    """Relation templates for the ``templates`` source (default: the packaged set)."""
+    probe_tokens: int = 8
+    """Tokens of the pre-edit answer to a probe that the post-edit model must reproduce (first line)."""
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "specificity", parse_sources(self.specificity))
+        except ValueError as exc:
+            raise EvalConfigError(str(exc)) from exc
+        if self.probe_tokens < 1:
+            raise EvalConfigError("probe_tokens must be >= 1")
         if self.setting not in SETTINGS:
             raise EvalConfigError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
         for name in ("langs", "edit_langs", "test_langs"):
@@ -242,6 +260,9 @@ def _run_info(
         "generation": config.generation,
         "gen_extra_tokens": config.gen_extra_tokens,
         "method_config": cache.method_config,
+        "specificity": list(config.specificity),
+        "probe_templates": str(Path(config.probe_templates).resolve()) if config.probe_templates else None,
+        "probe_tokens": config.probe_tokens,
         # informative only (may change between resumed calls):
         "matcher": matcher,
         "config": config.to_dict(),
@@ -358,8 +379,12 @@ class Scorer:
             self.view.logits, self.tokenizer, self._rewritten(cases), self.config.batch_size, self.device
         )
 
-    def generate(self, cases: Sequence[tuple[str, str, str]]) -> list[str]:
-        budgets = [max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases]
+    def generate(self, cases: Sequence[tuple[str, str, str]], budgets: Sequence[int] | None = None) -> list[str]:
+        """Greedy answers; each case's budget is its target's length + ``gen_extra_tokens`` unless given."""
+        if budgets is None:
+            budgets = [
+                max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases
+            ]
         prompts = [p for p, _, _ in self._rewritten(cases)]
         return generate_answers(self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device)
 
@@ -374,18 +399,71 @@ def _case_inputs(record: BenchmarkRecord, keys: Sequence[tuple[str, str]]) -> li
     return [(record.tests[lang][m].prompt, record.tests[lang][m].target, lang) for lang, m in keys]
 
 
+def _probes(record: BenchmarkRecord, lang: str, sources: Sequence[str]) -> list[Probe]:
+    return [p for p in record.probes.get(lang, ()) if p.source in sources]
+
+
 def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer) -> dict[str, dict[str, Any]]:
-    """Locality references on the untouched model: teacher-forced ids and (optionally) the generation."""
+    """References on the untouched model, per language: Locality's teacher-forced ids and generation, and
+    each Specificity probe's pre-edit answer (greedy, first line, ``probe_tokens`` at most) with the
+    teacher-forced ids of the untouched model on that answer."""
+    pre: dict[str, dict[str, Any]] = {}
     keys = _cases(record, langs, [LOCALITY])
-    if not keys:
-        return {}
-    inputs = _case_inputs(record, keys)
-    preds = base.predict(inputs)
-    texts = base.generate(inputs) if base.config.generation else [None] * len(keys)
-    return {
-        lang: {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
-        for (lang, _), pred, text in zip(keys, preds, texts, strict=True)
+    if keys:
+        inputs = _case_inputs(record, keys)
+        preds = base.predict(inputs)
+        texts = base.generate(inputs) if base.config.generation else [None] * len(keys)
+        for (lang, _), pred, text in zip(keys, preds, texts, strict=True):
+            pre[lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
+    probes = [(lang, p) for lang in langs for p in _probes(record, lang, base.config.specificity)]
+    if not probes:
+        return pre
+    budget = base.config.probe_tokens
+    answers = base.generate([(p.question, "", lang) for lang, p in probes], [budget] * len(probes))
+    references = [first_line(answer).strip() for answer in answers]
+    answered = [i for i, ref in enumerate(references) if ref]
+    preds = base.predict([(probes[i][1].question, references[i], probes[i][0]) for i in answered])
+    pred_of = dict(zip(answered, preds, strict=True))
+    for i, ((lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
+        entry: dict[str, Any] = {**dataclasses.asdict(probe), "reference": ref, "generated": answer}
+        if i in pred_of:
+            entry |= {"pred_ids": pred_of[i].pred_ids, "target_ids": pred_of[i].target_ids}
+        pre.setdefault(lang, {}).setdefault(SPECIFICITY, []).append(entry)
+    return pre
+
+
+def specificity_scores(
+    lang: str, edited: Scorer, references: Sequence[Mapping[str, Any]]
+) -> tuple[dict[str, float | None] | None, list[dict[str, Any]]]:
+    """Mean Specificity ``{f1, em, gen_em, gen_contains}`` over one language's answered probes (None when no
+    probe has a pre-edit answer), and per probe the post-edit outputs and scores."""
+    answered = [ref for ref in references if "pred_ids" in ref]
+    if not answered:
+        return None, []
+    cases = [(ref["question"], ref["reference"], lang) for ref in answered]
+    preds = edited.predict(cases)
+    budgets = [edited.config.probe_tokens] * len(cases)
+    texts: list[str | None] = edited.generate(cases, budgets) if edited.config.generation else [None] * len(cases)
+    per_probe = []
+    for ref, pred, text in zip(answered, preds, texts, strict=True):
+        f1, em = locality_scores(TokenPrediction(ref["pred_ids"], ref["target_ids"]), pred)
+        gen_em, gen_in = gen_locality_scores(ref["generated"], text) if text is not None else (None, None)
+        per_probe.append(
+            {
+                "question": ref["question"],
+                "pred_ids": pred.pred_ids,
+                "generated": text,
+                "f1": f1,
+                "em": em,
+                "gen_em": gen_em,
+                "gen_contains": gen_in,
+            }
+        )
+    mean = {
+        key: None if per_probe[0][key] is None else sum(p[key] for p in per_probe) / len(per_probe)
+        for key in ("f1", "em", "gen_em", "gen_contains")
     }
+    return mean, per_probe
 
 
 def score_record(
@@ -419,6 +497,11 @@ def score_record(
         outputs[lang]["pred_ids"][metric] = pred.pred_ids
         if text is not None:
             outputs[lang].setdefault("generated", {})[metric] = text
+    for lang in langs:
+        mean, per_probe = specificity_scores(lang, edited, pre.get(lang, {}).get(SPECIFICITY, []))
+        if mean is not None:
+            scores[lang][SPECIFICITY] = mean
+            outputs[lang][SPECIFICITY] = per_probe
     return scores, outputs
 
 
@@ -668,6 +751,8 @@ def write_summary(
     summary["edit_langs"] = plan.edit_langs
     summary["sequential"] = config.sequential
     summary["coverage"] = coverage(evaluated, plan.edit_langs)
+    if config.specificity:
+        summary["probes"] = probe_counts(evaluated, test_langs)
     summary["not_edited"] = {
         lang: [row["record_id"] for row in evaluated if lang in row.get("not_edited", {})] for lang in plan.edit_langs
     }
@@ -695,6 +780,25 @@ def coverage(rows: Sequence[Mapping[str, Any]], langs: Sequence[str]) -> dict[st
         for lang, placed in row.get("placement", {}).items():
             if lang in counts:
                 counts[lang][placed["kind"]] += 1
+    return counts
+
+
+def probe_counts(rows: Sequence[Mapping[str, Any]], langs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per test language: records with a scored Specificity probe, probes scored, probes per source, and
+    probes left unscored because the untouched model gave no answer to them."""
+    counts: dict[str, dict[str, Any]] = {}
+    for lang in langs:
+        entries = [row.get("pre", {}).get(lang, {}).get(SPECIFICITY, []) for row in rows]
+        scored = [[e for e in per_record if "pred_ids" in e] for per_record in entries]
+        by_source: dict[str, int] = {}
+        for e in (e for per_record in scored for e in per_record):
+            by_source[e["source"]] = by_source.get(e["source"], 0) + 1
+        counts[lang] = {
+            "records": sum(1 for per_record in scored if per_record),
+            "probes": sum(len(per_record) for per_record in scored),
+            "by_source": by_source,
+            "unanswered": sum(len(per_record) for per_record in entries) - sum(len(x) for x in scored),
+        }
     return counts
 
 
