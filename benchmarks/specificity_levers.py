@@ -4,7 +4,8 @@ The gate changes only *when* an edit fires, not the edit: each record's ΔV is l
 gate's keys) and scored twice through the evaluation runner, into ``OUT/paper`` (fires wherever the
 subject occurs, Eq. 11) and ``OUT/gate`` (fires when the query also asks the edited relation). Both run
 directories are ordinary, resumable ``mkedit eval`` runs; records advance one at a time in both, so a
-stopped run covers the same records in each. Prints the Table 2 layout with the Specificity column.
+stopped run covers the same records in each. Prints the Table 2 layout with the Specificity column. The
+paper variant's seconds per edit read near 0: its edits are the gate variant's, reused.
 
     python benchmarks/specificity_levers.py --data ../shared/data/bizsre/bizsre_test.json --langs en,zh \\
         --offset 100 --limit 50 --out runs/specificity
@@ -19,7 +20,7 @@ from typing import ClassVar
 
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
-from mkedit.eval.report import summary_markdown
+from mkedit.eval.report import read_summary, summary_markdown
 from mkedit.eval.runner import EvalConfig, run_evaluation
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.lu_lafns import LuLafnEditor
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="Print the table from existing runs")
     args = parser.parse_args()
 
+    if args.report_only:
+        print_table({name: read_summary(args.out / name) for name in VARIANTS})
+        return
     langs = tuple(x.strip() for x in args.langs.split(",") if x.strip())
     loaded = load_model(args.model)
     records = load_records(args.data, langs, args.limit, args.offset, SOURCES)
@@ -66,8 +70,7 @@ def main() -> None:
         for name, flag in sorted(VARIANTS.items(), key=lambda item: item[0] != "gate")
     }
     summaries = {}
-    ends = [len(records)] if args.report_only else range(1, len(records) + 1)
-    for end in ends:
+    for end in range(1, len(records) + 1):
         for name, editor in editors.items():
             config = EvalConfig(
                 model=args.model,
@@ -81,12 +84,12 @@ def main() -> None:
             summaries[name] = run_evaluation(
                 loaded.model, loaded.tokenizer, loaded.name, records[:end], config, args.out / name, editor
             )
-    rows = []
-    for name in VARIANTS:
-        summary = dict(summaries[name])
-        summary["method"] = f"lu-lafns ({name})"
-        rows.append(summary)
-    print(summary_markdown(rows))
+    print_table(summaries)
+
+
+def print_table(summaries: dict[str, dict]) -> None:
+    """The Table 2 layout with Specificity, one row per variant."""
+    print(summary_markdown([{**summaries[name], "method": f"lu-lafns ({name})"} for name in VARIANTS]))
 
 
 if __name__ == "__main__":
