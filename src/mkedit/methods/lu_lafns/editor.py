@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-import torch
-
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request
 from mkedit.methods.common.weights import only_trainable
@@ -51,16 +49,6 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         gate = gate_from_config(self.model, self.tokenizer, config.to_dict())
         self._gate = gate
         return config.replace(gate_encoder=gate.encoder_name, gate_threshold=gate.threshold)
-
-    def gate_keys(self, group: EditGroup) -> torch.Tensor:
-        """The relation gate's keys: every language's question (and paraphrases), subject masked."""
-        assert self._gate is not None
-        questions = [
-            (text, [req.subject, *group.other_subjects(req.lang)])
-            for req in group.requests
-            for text in (req.question, *req.paraphrases)
-        ]
-        return gate_keys(self._gate.encoder, questions)
 
     @classmethod
     def preset_config(cls, name: str) -> LuLafnConfig:
@@ -139,7 +127,8 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         deltas = {layer: (located.lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
         tensors = neuron_tensors(deltas)
         if self.config.relation_gate:
-            tensors[GATE_KEYS] = self.gate_keys(group)
+            assert self._gate is not None  # prepare_config builds it when relation_gate is on
+            tensors[GATE_KEYS] = gate_keys(self._gate.encoder, group)
         return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
 
     @contextmanager
