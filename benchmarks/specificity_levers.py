@@ -1,14 +1,18 @@
-"""Specificity of LU-LAFNs with and without the relation gate, on the same records and the same edits.
+"""Specificity of LU-LAFNs under its two levers, alone and together, on the same records.
 
-The gate changes only *when* an edit fires, not the edit: each record's ΔV is learned once (with the
-gate's keys) and scored twice through the evaluation runner, into ``OUT/paper`` (fires wherever the
-subject occurs, Eq. 11) and ``OUT/gate`` (fires when the query also asks the edited relation). Both run
-directories are ordinary, resumable ``mkedit eval`` runs; records advance one at a time in both, so a
-stopped run covers the same records in each. Prints the Table 2 layout with the Specificity column. The
-paper variant's seconds per edit read near 0: its edits are the gate variant's, reused.
+* ``paper``: the paper's objective, the edit fires wherever the subject occurs (Eq. 11);
+* ``gate``: the same edits, firing only when the query also asks the edited relation (``relation_gate``);
+* ``keep``: the objective with the keep term (``lambda_keep``, KL on other-relation prompts about the subject);
+* ``keep+gate``: the keep variant's edits behind the gate.
+
+The gate changes only *when* an edit fires, not the edit, so each objective's ΔV is learned once (with the
+gate's keys) and scored by both of its variants. Every variant is an ordinary, resumable ``mkedit eval``
+run in ``OUT/VARIANT``; records advance one at a time in all of them, so a stopped run covers the same
+records in each. Prints the Table 2 layout with the Specificity column. A variant that reuses another's
+edits reads near 0 seconds per edit.
 
     python benchmarks/specificity_levers.py --data ../shared/data/bizsre/bizsre_test.json --langs en,zh \\
-        --offset 100 --limit 50 --out runs/specificity
+        --offset 100 --limit 50 --variants paper,gate,keep,keep+gate --lambda-keep 1 --out runs/specificity
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ from mkedit.models import load_model
 from mkedit.runtime.cache import Edit
 from mkedit.types import EditGroup
 
-VARIANTS = {"paper": "false", "gate": "true"}
+VARIANTS: dict[str, tuple[bool, bool]] = {
+    "paper": (False, False),
+    "gate": (False, True),
+    "keep": (True, False),
+    "keep+gate": (True, True),
+}
+"""variant -> (keep term on, relation gate on)"""
 
 
 class SharedEdits(LuLafnEditor):
@@ -38,7 +48,7 @@ class SharedEdits(LuLafnEditor):
     memo: ClassVar[dict[tuple, Edit]] = {}
 
     def edit(self, group: EditGroup) -> Edit:  # type: ignore[override]
-        key = (group.group_id, group.requests)
+        key = (self.config.lambda_keep, group.group_id, group.requests)
         if key not in self.memo:
             self.memo[key] = super().edit(group)
         return self.memo[key]
@@ -52,23 +62,29 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=100)
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("runs/specificity"))
+    parser.add_argument("--variants", default="paper,gate", help=f"Comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--lambda-keep", type=float, default=1.0, help="lambda_keep of the keep variants")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for every variant")
     parser.add_argument("--no-generation", action="store_true", help="Teacher-forced scores only")
     parser.add_argument("--report-only", action="store_true", help="Print the table from existing runs")
     args = parser.parse_args()
 
+    variants = [x.strip() for x in args.variants.split(",") if x.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.report_only:
-        print_table({name: read_summary(args.out / name) for name in VARIANTS})
+        print_table({name: read_summary(args.out / name) for name in variants})
         return
     langs = tuple(x.strip() for x in args.langs.split(",") if x.strip())
     loaded = load_model(args.model)
     records = load_records(args.data, langs, args.limit, args.offset, SOURCES)
     base = preset_for(loaded.name).config.with_overrides(parse_overrides(args.overrides))
-    # The gated variant first: it computes each edit with the gate's keys, the paper variant reuses it.
-    editors = {
-        name: SharedEdits(loaded.model, loaded.tokenizer, base.with_overrides({"relation_gate": flag}), loaded.name)
-        for name, flag in sorted(VARIANTS.items(), key=lambda item: item[0] != "gate")
-    }
+    # Gated variants first: they compute each edit with the gate's keys, the ungated ones reuse it.
+    editors = {}
+    for name in sorted(variants, key=lambda v: not VARIANTS[v][1]):
+        keep, gate = VARIANTS[name]
+        config = base.replace(lambda_keep=args.lambda_keep if keep else 0.0, relation_gate=gate)
+        editors[name] = SharedEdits(loaded.model, loaded.tokenizer, config, loaded.name)
     summaries = {}
     for end in range(1, len(records) + 1):
         for name, editor in editors.items():
@@ -84,12 +100,12 @@ def main() -> None:
             summaries[name] = run_evaluation(
                 loaded.model, loaded.tokenizer, loaded.name, records[:end], config, args.out / name, editor
             )
-    print_table(summaries)
+    print_table({name: summaries[name] for name in variants})
 
 
 def print_table(summaries: dict[str, dict]) -> None:
     """The Table 2 layout with Specificity, one row per variant."""
-    print(summary_markdown([{**summaries[name], "method": f"lu-lafns ({name})"} for name in VARIANTS]))
+    print(summary_markdown([{**summary, "method": f"lu-lafns ({name})"} for name, summary in summaries.items()]))
 
 
 if __name__ == "__main__":

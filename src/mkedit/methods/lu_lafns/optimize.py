@@ -1,6 +1,10 @@
 """Editing stage (Eq. 7-10): learn one update ΔV on the LAFNs, shared by every language of a group.
 
     L = λ1 · mean_{ℓ,m} NLL(y_ℓ | p_m + x_ℓ)  +  λ2 · mean_ℓ KL(P_base(· | s_ℓ is a) || P_edit(· | s_ℓ is a))
+        [+ λ_keep · mean_{ℓ,k} KL(P_base(· | keep_k(s_ℓ)) || P_edit(· | keep_k(s_ℓ)))]
+
+The bracketed keep term is mkedit's, not the paper's (``lambda_keep``, 0 by default): other-relation
+questions about the subject whose prediction must not move.
 
 ΔV is added at the subject's last token of every sequence. The speed switches of the config change
 how the same objective is computed, never its value.
@@ -32,6 +36,7 @@ class OptimizeResult:
     steps: int
     target_nll: float
     kl: float
+    keep_kl: float
     history: list[float] = field(default_factory=list)  # total loss per step
     seconds: float = 0.0
 
@@ -41,7 +46,7 @@ class _Prepared:
     """What one batch needs before the loop: base KL distributions and replayable lower blocks."""
 
     batch: TensorBatch
-    base_kl: torch.Tensor  # [n_kl, vocab] log-probs of the untouched model
+    base_kl: torch.Tensor  # [n_kl + n_keep, vocab] log-probs of the untouched model
     lower: object | None
 
 
@@ -66,7 +71,7 @@ def _prepare(
 
 def _batch_loss(
     adapter: FFNAdapter, prepared: _Prepared, config: LuLafnConfig, first_layer: int, updates: dict
-) -> tuple[torch.Tensor, float, float]:
+) -> tuple[torch.Tensor, float, float, float]:
     batch = prepared.batch
     with ExitStack() as stack:
         if prepared.lower is not None:
@@ -79,7 +84,9 @@ def _batch_loss(
     nll = -(token_logp * batch.target_weight).sum()
     kl_rows = F.kl_div(logp[n_t:], prepared.base_kl, log_target=True, reduction="none").sum(-1)
     kl = (kl_rows * batch.kl_weight).sum()
-    return config.lambda_target * nll + config.lambda_kl * kl, nll.item(), kl.item()
+    keep = (kl_rows * batch.keep_weight).sum()
+    loss = config.lambda_target * nll + config.lambda_kl * kl + config.lambda_keep * keep
+    return loss, nll.item(), kl.item(), keep.item()
 
 
 def optimize_delta(
@@ -95,10 +102,9 @@ def optimize_delta(
     device = next(adapter.model.parameters()).device
     layers = sorted(lafns)
     first_layer = layers[0]
-    n_target = sum(s.kind == "target" for s in sequences)
-    n_kl = len(sequences) - n_target
+    n_target, n_kl, n_keep = (sum(s.kind == kind for s in sequences) for kind in ("target", "kl", "keep"))
     groups = [list(sequences)] if config.batch_sequences else [[s] for s in sequences]
-    batches = [to_tensor_batch(g, pad_id, n_target, n_kl, device) for g in groups]
+    batches = [to_tensor_batch(g, pad_id, n_target, n_kl, device, n_keep) for g in groups]
     cfg = config.replace(layers=tuple(layers))
     prepared, base_values = [], {layer: [] for layer in layers}
     for batch in batches:
@@ -118,15 +124,15 @@ def optimize_delta(
     updates = {EDIT_KEY: {layer: (lafns[layer].to(device), deltas[layer]) for layer in layers}}
     optimizer = torch.optim.Adam(list(deltas.values()), lr=config.learning_rate)
     history: list[float] = []
-    nll = kl = float("nan")
+    nll = kl = keep = float("nan")
     steps = 0
     for step in range(config.max_steps):
         optimizer.zero_grad(set_to_none=True)
-        total = nll = kl = 0.0
+        total = nll = kl = keep = 0.0
         for prep in prepared:
-            loss, part_nll, part_kl = _batch_loss(adapter, prep, cfg, first_layer, updates)
+            loss, part_nll, part_kl, part_keep = _batch_loss(adapter, prep, cfg, first_layer, updates)
             loss.backward()
-            total, nll, kl = total + loss.item(), nll + part_nll, kl + part_kl
+            total, nll, kl, keep = total + loss.item(), nll + part_nll, kl + part_kl, keep + part_keep
         history.append(total)
         steps = step + 1
         if on_step is not None:
@@ -139,12 +145,13 @@ def optimize_delta(
                 norm = float(delta.norm())
                 if norm > bounds[layer]:
                     delta.mul_(bounds[layer] / norm)
-    log.debug("optimised ΔV in %d steps: nll %.4f kl %.4f", steps, nll, kl)
+    log.debug("optimised ΔV in %d steps: nll %.4f kl %.4f keep %.4f", steps, nll, kl, keep)
     return OptimizeResult(
         deltas={layer: d.detach().clone() for layer, d in deltas.items()},
         steps=steps,
         target_nll=nll,
         kl=kl,
+        keep_kl=keep,
         history=history,
         seconds=time.perf_counter() - start,
     )
