@@ -29,6 +29,7 @@ from mkedit.methods.base import EditMethod
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.registry import build_method, method_names
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 
 SETTINGS = ("multilingual", "monolingual")
 
@@ -81,7 +82,7 @@ def run_passes(
     per_method: dict[str, list[str]],
 ) -> dict[tuple[str, str], dict]:
     """Run (or resume) every method and setting, ``args.step`` more records per pass; the last summaries."""
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     specificity = parse_sources(args.specificity)
     records = load_records(args.data, langs, args.limit, args.offset, specificity)
     # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
@@ -117,6 +118,7 @@ def run_passes(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     parser.add_argument("--data", required=True)
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--limit", type=int, default=30)

@@ -26,6 +26,7 @@ from mkedit.demo import demo_records
 from mkedit.eval.metrics import teacher_forced
 from mkedit.methods.lu_lafns import LuLafnEditor, preset_for
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 from mkedit.runtime.edited_model import EditedModel
 
 SLOW = {"batch_sequences": False, "reuse_lower_layers": False, "answer_logits_only": False}
@@ -93,6 +94,7 @@ def run_mode(loaded, groups, switches: dict[str, bool]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     parser.add_argument("--data", type=Path, help="Edit or benchmark file (default: the demo's facts)")
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--groups", type=int, default=3)
@@ -101,7 +103,7 @@ def main() -> None:
     langs = args.langs.split(",")
     records = load_records(args.data, langs, limit=args.groups) if args.data else demo_records()[: args.groups]
     groups = [r.group.restrict(langs) for r in records]
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     modes = {"switches on": FAST} if args.skip_slow else {"switches off": SLOW, "switches on": FAST}
     results = {name: run_mode(loaded, groups, switches) for name, switches in modes.items()}
     table = Table(

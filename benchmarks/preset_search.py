@@ -21,6 +21,7 @@ from mkedit.data import load_records
 from mkedit.eval.metrics import teacher_forced
 from mkedit.methods.lu_lafns import LuLafnEditor, preset_for
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 from mkedit.runtime.edited_model import EditedModel
 
 
@@ -50,6 +51,7 @@ def evaluate(loaded, records, langs, changes: dict) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--records", type=int, default=8)
@@ -57,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     langs = args.langs.split(",")
     records = load_records(args.data, langs, limit=args.records)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     table = Table(title=f"{args.model}: {len(records)} records, {'+'.join(langs)}")
     for column in ("changes", "reliability EM %", "generality EM %", "s / edit", "steps"):
         table.add_column(column)

@@ -33,6 +33,7 @@ from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
 from mkedit.data.records import GENERALITY, PORTABILITY
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
 from mkedit.runtime.relation_gate import gate_keys, gate_scores, masked_question
 from mkedit.runtime.relation_head import RelationEncoder, RelationHead
@@ -79,6 +80,7 @@ def fires(values: Sequence[float], threshold: float) -> float | None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     parser.add_argument("--data", required=True)
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--limit", type=int, default=100)
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("give --threshold, or --calibrate-offset to choose one on other records")
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     adapter = get_adapter(loaded.model)
     records = load_records(args.data, langs, args.limit, args.offset, SOURCES)
     calibration = (

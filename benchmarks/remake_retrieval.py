@@ -34,6 +34,7 @@ from mkedit.data.records import GENERALITY, LOCALITY
 from mkedit.methods.remake import ReMaKE, ReMaKEConfig
 from mkedit.methods.remake.method import Memory
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 from mkedit.types import BenchmarkRecord
 
 
@@ -88,10 +89,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calibrate-offset", type=int, default=None, help="choose the threshold on records from here")
     parser.add_argument("--calibrate-limit", type=int, default=200)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     args = parser.parse_args(argv)
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
     console = Console(width=200)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     records = load_records(args.data, langs, limit=args.limit, offset=args.offset)
     calib = (
         load_records(args.data, langs, limit=args.calibrate_limit, offset=args.calibrate_offset)

@@ -30,6 +30,7 @@ from mkedit.methods.config import parse_overrides
 from mkedit.methods.lu_lafns import LuLafnEditor
 from mkedit.methods.lu_lafns.config import preset_for
 from mkedit.models import load_model
+from mkedit.models.device import add_device_options
 from mkedit.runtime.cache import Edit
 from mkedit.types import EditGroup
 
@@ -57,6 +58,7 @@ class SharedEdits(LuLafnEditor):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
     parser.add_argument("--data", required=True)
     parser.add_argument("--langs", default="en,zh")
     parser.add_argument("--offset", type=int, default=100)
@@ -76,7 +78,7 @@ def main() -> None:
         print_table({name: read_summary(args.out / name) for name in variants})
         return
     langs = tuple(x.strip() for x in args.langs.split(",") if x.strip())
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     records = load_records(args.data, langs, args.limit, args.offset, SOURCES)
     base = preset_for(loaded.name).config.with_overrides(parse_overrides(args.overrides))
     # Gated variants first: they compute each edit with the gate's keys, the ungated ones reuse it.

@@ -65,9 +65,11 @@ def corpus_settings(tmp: Path) -> dict[str, str]:
     return {"stats_corpus": str(tmp)}
 
 
-def make_method(name: str, family: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> EditMethod:
+def make_method(
+    name: str, family: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype = torch.float32
+) -> EditMethod:
     monkeypatch.setenv("MKEDIT_CACHE_DIR", str(tmp / "cache-dir"))
-    model = build_tiny_model(family)
+    model = build_tiny_model(family).to(dtype)
     tokenizer = build_tiny_tokenizer()
     settings = dict(TINY_SETTINGS.get(name, {}))
     if name.startswith("m-"):
@@ -142,3 +144,22 @@ def test_method_contract(name: str, family: str, tmp_path: Path, monkeypatch: py
     with method.applied(list(loaded)) as view:
         assert torch.equal(prompt_logits(method, view, GROUP.requests[0].question), edited_logits)
     assert_same_state(model, before)
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_edits_and_restores_in_bfloat16(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--dtype bfloat16` (the GPU default): every method edits a bfloat16 model, its edit changes the
+    answer's score, and the weights come back bit-identical."""
+    method = make_method(name, "qwen2", tmp_path, monkeypatch, torch.bfloat16)
+    model = method.model
+    before = state(model)
+    with method.applied([]) as view:
+        base_logprob = answer_logprob(method, view, GROUP.requests[0].question, "Oz", "en")
+    edit = method.edit(GROUP)
+    with method.applied([edit]) as view:
+        if name in CONTEXT_METHODS:
+            assert "Oz" in view.rewrite(GROUP.requests[0].question, "en")
+        else:
+            assert answer_logprob(method, view, GROUP.requests[0].question, "Oz", "en") > base_logprob
+    assert_same_state(model, before)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

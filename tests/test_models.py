@@ -32,6 +32,7 @@ from mkedit.models import (
     pip_install_line,
     registry,
 )
+from mkedit.models.device import DeviceError, resolve_device, resolve_dtype
 
 # ---------------------------------------------------------------- helpers
 
@@ -350,6 +351,38 @@ def test_load_keeps_an_existing_pad_token_and_casts_dtype(tmp_path: Path) -> Non
     loaded = load_model(str(tmp_path / "tiny"), dtype=torch.bfloat16)
     assert loaded.tokenizer.pad_token == "<pad>"
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    by_name = load_model(str(tmp_path / "tiny"), device="cpu", dtype="bf16")
+    assert {p.dtype for p in by_name.model.parameters()} == {torch.bfloat16}
+
+
+def test_device_and_dtype_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto = CUDA in bfloat16 when present, else CPU in float32; what does not exist is a clear error."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == cpu and resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("fp16", cpu) == torch.float16
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("gpu0")
+    with pytest.raises(DeviceError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8", cpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_cache_fingerprint_ignores_the_dtype_runs_do_not(tmp_path: Path) -> None:
+    """An edit made in float32 applies to the same model in bfloat16; evaluation runs and key statistics
+    (float32 rounding) tell the two apart; older fingerprints without a rounding are checked their way."""
+    model = build_tiny_model("llama")
+    half = build_tiny_model("llama").to(torch.bfloat16)
+    assert model_fingerprint(model, "a").matches(model_fingerprint(half, "b"))
+    exact = model_fingerprint(model, "a", rounding="float32")
+    assert not exact.matches(model_fingerprint(half, "b", rounding="float32"))
+    legacy = {k: v for k, v in exact.to_dict().items() if k != "weights_rounding"}
+    restored = ModelFingerprint.from_dict(legacy)
+    assert restored.weights_rounding == "float32" and restored.matches(exact)
 
 
 def test_gguf_without_accelerate_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -420,9 +453,16 @@ def test_fingerprint_changes_with_config() -> None:
 def test_fingerprint_dict_round_trip() -> None:
     fp = model_fingerprint(build_tiny_model("gpt2"), "gpt2-tiny")
     data = json.loads(json.dumps(fp.to_dict()))
-    assert data == {"name": "gpt2-tiny", "config_hash": fp.config_hash, "weights_hash": fp.weights_hash}
+    assert data == {
+        "name": "gpt2-tiny",
+        "config_hash": fp.config_hash,
+        "weights_hash": fp.weights_hash,
+        "weights_rounding": "bfloat16",
+    }
     assert ModelFingerprint.from_dict(data) == fp
     with pytest.raises(CacheError):
         ModelFingerprint.from_dict({"name": "x", "config_hash": "y"})
     with pytest.raises(CacheError):
         ModelFingerprint.from_dict({"name": "x", "config_hash": 1, "weights_hash": "z"})
+    with pytest.raises(CacheError, match="weights_rounding"):
+        ModelFingerprint.from_dict({**data, "weights_rounding": "int4"})

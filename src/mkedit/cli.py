@@ -16,6 +16,7 @@ from rich.table import Table
 
 from mkedit.cli_data import data_app
 from mkedit.cli_eval import eval_command
+from mkedit.cli_options import DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt
 from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
@@ -34,14 +35,6 @@ app.command("report")(report_command)
 app.command("eval")(eval_command)
 console = Console()  # results
 err = Console(stderr=True)  # status, logs, errors: `--json | jq` keeps working
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Packaged short name, HF id, local folder or .gguf")]
-LangsOpt = Annotated[str | None, typer.Option(help="Comma-separated languages to use, e.g. en,zh")]
-MethodOpt = Annotated[str, typer.Option("--method", help="Editing method (see mkedit methods)")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; see mkedit methods)"),
-]
 
 
 @app.callback()
@@ -62,9 +55,9 @@ def _split(langs: str | None) -> list[str] | None:
     return [x.strip() for x in langs.split(",") if x.strip()] if langs else None
 
 
-def _load(model: str):
+def _load(model: str, device: str, dtype: str):
     with err.status(f"loading {model} (the first use of a packaged model converts it once, ~1-2 min)"):
-        return load_model(model, progress=lambda msg: err.log(msg))
+        return load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
 
 
 @app.command()
@@ -76,6 +69,8 @@ def edit(
     method: MethodOpt = "lu-lafns",
     preset: Annotated[str | None, typer.Option(help="Hyperparameter preset (default: chosen by model name)")] = None,
     overrides: SetOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Edit facts in several languages at once and store the edits in a cache folder.
 
@@ -87,7 +82,7 @@ def edit(
         settings = parse_overrides(overrides)
         check_method_options(method, preset, settings)
         groups = load_edit_groups(edits, _split(langs))
-        loaded = _load(model)
+        loaded = _load(model, device, dtype)
         if (out / INDEX_FILE).is_file():
             cache = EditCache.load(out, loaded.model, loaded.name)
             editor = _method_for_cache(cache, loaded, method if method != "lu-lafns" else None)
@@ -159,12 +154,14 @@ def ask(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     max_new_tokens: int = 16,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Answer questions greedily with the cached edits in force (LU-LAFNs: where a question holds their subject)."""
     try:
         if method:
             get_method(method)
-        loaded = _load(model)
+        loaded = _load(model, device, dtype)
         if cache:
             edits = EditCache.load(cache, loaded.model, loaded.name)
             editor = _method_for_cache(edits, loaded, method)
@@ -200,12 +197,14 @@ def ask(
 def demo(
     model: ModelOpt = DEFAULT_MODEL,
     out: Annotated[Path | None, typer.Option(help="Also save the demo's edit cache here")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Edit three counterfactual facts in English, Chinese and French; show answers before and after."""
     from mkedit.demo import run_demo
 
     try:
-        run_demo(model, console, out)
+        run_demo(model, console, out, device, dtype)
     except MkeditError as exc:
         raise _fail(exc) from exc
 

@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mkedit.cli_options import DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
@@ -46,11 +47,9 @@ def _split(value: str | None) -> list[str] | None:
 def eval_command(
     data: Annotated[Path, typer.Option("--data", help="Benchmark file (MzsRE, Bi-ZsRE or an mkedit edit file)")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed)")],
-    method: Annotated[str, typer.Option("--method", help="Editing method")] = "lu-lafns",
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Packaged short name, HF id, local folder or .gguf")
-    ] = DEFAULT_MODEL,
-    langs: Annotated[str | None, typer.Option("--langs", help="Comma-separated languages, e.g. en,zh")] = None,
+    method: MethodOpt = "lu-lafns",
+    model: ModelOpt = DEFAULT_MODEL,
+    langs: LangsOpt = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="Evaluate at most N records")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first K records of the file")] = 0,
     setting: Annotated[str, typer.Option("--setting", help=f"One of {', '.join(SETTINGS)}")] = "multilingual",
@@ -65,10 +64,7 @@ def eval_command(
         bool, typer.Option("--generation/--no-generation", help="Also score greedy generations")
     ] = True,
     preset: Annotated[str | None, typer.Option("--preset", help="Method hyperparameter preset")] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; mkedit methods)"),
-    ] = None,
+    overrides: SetOpt = None,
     specificity: Annotated[
         str,
         typer.Option(
@@ -84,6 +80,8 @@ def eval_command(
     curve_every: Annotated[
         int, typer.Option("--curve-every", min=1, help="Sequential: a curve point every N records")
     ] = 10,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Evaluate an editing method on a benchmark: the paper's four metrics (F1/EM) and generation scores.
 
@@ -113,7 +111,7 @@ def eval_command(
         )
         records = load_records(data, config.langs, limit, offset, config.specificity, config.probe_templates)
         with err.status(f"loading {model}"):
-            loaded = load_model(model, progress=lambda msg: err.log(msg))
+            loaded = load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
         editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
         columns = (
             TextColumn("{task.description}"),

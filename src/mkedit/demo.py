@@ -38,11 +38,13 @@ def _questions(records: list[BenchmarkRecord], lang: str) -> list[tuple[str, str
     ]
 
 
-def run_demo(model_name: str, console: Console, out: Path | None = None) -> None:
+def run_demo(
+    model_name: str, console: Console, out: Path | None = None, device: str = "auto", dtype: str = "auto"
+) -> None:
     records = demo_records()
     langs = records[0].group.langs
     with console.status(f"loading {model_name} (the first run converts the packaged model once, ~1-2 min)"):
-        loaded = load_model(model_name)
+        loaded = load_model(model_name, device=device, dtype=dtype)
     editor = LuLafnEditor(loaded.model, loaded.tokenizer, model_name=loaded.name)
     cache = editor.new_cache()
     prompts = {lang: _questions(records, lang) for lang in langs}

@@ -71,6 +71,7 @@ from mkedit.eval.report import (
 from mkedit.methods.base import EditMethod
 from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.view import EditedView, ModelView
+from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
 from mkedit.runtime.subject import PLACEMENT_KINDS, SubjectSpan, place_subject, placement_kind
 from mkedit.types import BenchmarkRecord, EditGroup, Probe
@@ -243,9 +244,15 @@ def plan_for(config: EvalConfig, records: Sequence[BenchmarkRecord]) -> EvalPlan
 
 
 def _run_info(
-    config: EvalConfig, model_name: str, plan: EvalPlan, cache: EditCache, matcher: dict[str, object] | None
+    config: EvalConfig,
+    model: nn.Module,
+    model_name: str,
+    plan: EvalPlan,
+    cache: EditCache,
+    matcher: dict[str, object] | None,
 ) -> dict[str, Any]:
-    fingerprint = cache.fingerprint
+    # The exact weights (float32, not the cache's dtype-independent hash): scores differ between dtypes.
+    fingerprint = model_fingerprint(model, model_name, rounding="float32")
     return {
         "format": RUN_FORMAT,
         "method": config.method,
@@ -264,6 +271,7 @@ def _run_info(
         "probe_templates": str(Path(config.probe_templates).resolve()) if config.probe_templates else None,
         "probe_tokens": config.probe_tokens,
         # informative only (may change between resumed calls):
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "matcher": matcher,
         "config": config.to_dict(),
     }
@@ -548,7 +556,7 @@ def run_evaluation(
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_for(config, records)
     cache = method.new_cache()
-    _check_or_write_run_file(out_dir, _run_info(config, model_name, plan, cache, method.matcher_info()))
+    _check_or_write_run_file(out_dir, _run_info(config, model, model_name, plan, cache, method.matcher_info()))
     records_path = out_dir / RECORDS_FILE
     # Rows of earlier versions that left a record out ("error") are done again: every record is scored now.
     existing = [row for row in read_rows(records_path) if "error" not in row]

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mkedit.errors import ModelNotAvailableError
+from mkedit.models.device import resolve_device, resolve_dtype
 from mkedit.models.registry import PACKAGED_MODELS, get_packaged, locate_parts, pip_install_line
 
 log = logging.getLogger("mkedit.models")
@@ -313,16 +314,19 @@ def _prepare(
 def load_model(
     name_or_path: str,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
     progress: Progress | None = None,
 ) -> LoadedModel:
     """Load a model by packaged short name, local ``.gguf`` file, local folder or hub id.
 
     Packaged models and GGUF files are converted once into the cache (see ``cache_root``); later
-    calls reload the safetensors copy. The result is in eval mode with no trainable parameters.
+    calls reload the safetensors copy. The result is in eval mode with no trainable parameters, on
+    ``device`` in ``dtype`` (``auto``: a CUDA device in bfloat16 when present, else the CPU in float32).
     """
     t0 = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     path = Path(name_or_path).expanduser()
     if name_or_path in PACKAGED_MODELS:
         folder = ensure_converted(name_or_path, progress=progress)
@@ -344,7 +348,7 @@ def load_model(
         _say(progress, f"loading {name_or_path} from the Hugging Face cache")
         model, tokenizer = _from_hub_id(name_or_path, dtype)
     loaded = _prepare(model, tokenizer, name_or_path, device, dtype)
-    log.info("loaded %s in %.1f s", name_or_path, time.perf_counter() - t0)
+    log.info("loaded %s on %s (%s) in %.1f s", name_or_path, device, dtype, time.perf_counter() - t0)
     return loaded
 
 

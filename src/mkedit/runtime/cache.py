@@ -106,7 +106,7 @@ class EditCache:
     # --- model binding ----------------------------------------------------------------------------
     def check_model(self, model: nn.Module, name: str = "") -> None:
         """Refuse to serve edits computed on another model: ΔV is meaningless elsewhere."""
-        actual = model_fingerprint(model, name or self.fingerprint.name)
+        actual = model_fingerprint(model, name or self.fingerprint.name, self.fingerprint.weights_rounding)
         if not self.fingerprint.matches(actual):
             raise CacheError(
                 f"this edit cache was made for model {self.fingerprint.name!r} "

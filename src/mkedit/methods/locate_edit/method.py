@@ -161,8 +161,9 @@ class LocateEditMethod(EditMethod[ConfigT]):
     ) -> None:
         super().__init__(model, tokenizer, config, model_name, overrides)
         self.values_seen: BoundedMemo[tuple, ValueResult] = BoundedMemo(VALUES_REMEMBERED)
-        # Taken now, on the model as given (untouched), so stats keep their key when edits are in force.
-        fingerprint = model_fingerprint(model, self.model_name)
+        # Taken now, on the model as given (untouched), so stats keep their key when edits are in force; the
+        # exact (float32) hash, since statistics differ between dtypes of one model.
+        fingerprint = model_fingerprint(model, self.model_name, rounding="float32")
         self._base_checksum = self._edited_weights_checksum()
         self.stats = SecondMoments(
             self.adapter,
