@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import mkedit.runtime.cache as cache_module
+import mkedit.runtime.shards as shards_module
 from conftest import build_tiny_model
 from mkedit.errors import CacheError
 from mkedit.models.fingerprint import model_fingerprint
+from mkedit.runtime.atomic import write_atomic
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
-from mkedit.runtime.edited_model import neuron_deltas, neuron_tensors
+from mkedit.runtime.deltas import neuron_deltas, neuron_tensors
+from mkedit.runtime.shards import LazyTensors, file_sha256
 
 MODEL_NAME = "tiny-llama"
 
@@ -65,7 +69,7 @@ def test_round_trip_preserves_everything(model, tmp_path: Path) -> None:
     assert_same_cache(cache, loaded)
     assert loaded.subject_entries() == cache.subject_entries()
     assert {e.edit_id for e in loaded} == {"e1", "e2"}
-    assert "俄罗斯" in (folder / INDEX_FILE).read_text(encoding="utf-8")
+    assert loaded.get("e1").subjects["zh"] == ["俄罗斯"]
 
 
 def test_resave_replaces_tensors_file_and_keeps_one(model, tmp_path: Path) -> None:
@@ -148,11 +152,11 @@ def test_missing_tensors_file_raises(model, tmp_path: Path) -> None:
         pytest.param(lambda text: "", id="empty"),
         pytest.param(lambda text: "[1, 2, 3]", id="not-an-object"),
         pytest.param(lambda text: json.dumps({"format": "something-else"}), id="other-format"),
-        pytest.param(lambda text: text.replace('"version": 2', '"version": 99'), id="future-version"),
-        pytest.param(lambda text: text.replace('"tensors_sha256"', '"sha"'), id="missing-field"),
+        pytest.param(lambda text: text.replace('"version": 3', '"version": 99'), id="future-version"),
+        pytest.param(lambda text: text.replace('"removed"', '"gone"'), id="missing-field"),
         pytest.param(lambda text: text.replace('"config_hash"', '"hash"'), id="bad-fingerprint"),
-        pytest.param(lambda text: text.replace('"2/idx"', '"5/idx"'), id="unknown-layer"),
-        pytest.param(lambda text: text.replace('"edits": [', '"edits": [7, '), id="bad-record"),
+        pytest.param(lambda text: text.replace('"shards": [', '"shards": [7, '), id="bad-shard-entry"),
+        pytest.param(lambda text: text.replace('"file": "deltas-', '"file": "deltas-0'), id="unknown-shard"),
     ],
 )
 def test_invalid_index_raises(model, tmp_path: Path, damage) -> None:
@@ -211,11 +215,11 @@ def test_interrupted_tensor_write_keeps_previous_cache(model, tmp_path: Path, mo
     folder = cache.save(tmp_path / "cache")
     before = _snapshot(folder)
 
-    def crash(tensors: dict, filename: str) -> None:
+    def crash(tensors: dict, filename: str, metadata: dict | None = None) -> None:
         Path(filename).write_bytes(b"half a safetensors file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_module, "save_file", crash)
+    monkeypatch.setattr(shards_module, "save_file", crash)
     cache.add(make_edit("e9", {"en": ["Mars"]}))
     with pytest.raises(OSError, match="disk full"):
         cache.save(folder)
@@ -236,7 +240,7 @@ def test_interrupted_index_write_keeps_previous_cache(model, tmp_path: Path, mon
             tmp.write_text(text[: len(text) // 2])
             raise OSError("killed")
 
-        cache_module.write_atomic(path, write_half)
+        write_atomic(path, write_half)
 
     monkeypatch.setattr(cache_module, "write_json_atomic", crash)
     cache.add(make_edit("e9", {"en": ["Mars"]}, seed=9))
@@ -252,3 +256,102 @@ def test_interrupted_index_write_keeps_previous_cache(model, tmp_path: Path, mon
     cache.save(folder)
     assert len(list(folder.glob("deltas-*.safetensors"))) == 1
     assert "e9" in EditCache.load(folder, model=model)
+
+
+def test_records_naming_missing_tensors_raise(model, tmp_path: Path, monkeypatch) -> None:
+    """A shard whose records name tensors it does not hold is a CacheError at load."""
+    real = cache_module._record
+    monkeypatch.setattr(cache_module, "_record", lambda edit: {**real(edit), "tensors": ["5/idx"]})
+    folder = make_cache(model).save(tmp_path / "cache")
+    monkeypatch.undo()
+    with pytest.raises(CacheError, match="not in"):
+        EditCache.load(folder)
+
+
+def test_tensors_stay_on_disk_until_used(model, tmp_path: Path) -> None:
+    loaded = EditCache.load(make_cache(model).save(tmp_path / "cache"))
+    tensors = loaded.get("e1").tensors
+    assert isinstance(tensors, LazyTensors) and not tensors._loaded
+    assert sorted(tensors) == ["1/idx", "1/val", "3/idx", "3/val"]
+    assert tensors["1/idx"].dtype == torch.int16 and set(tensors._loaded) == {"1/idx"}
+
+
+def test_saving_one_edit_at_a_time_keeps_few_shards(model, tmp_path: Path) -> None:
+    """Each save writes only the new edits; shards merge like a binary counter, dropping removed copies,
+    so the folder holds O(log n) shards and reloads exactly the live edits in order."""
+    folder = tmp_path / "cache"
+    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {})
+    written = []
+    for n in range(40):
+        cache.add(make_edit(f"e{n}", {"en": [f"Subject {n}"]}, seed=n))
+        if n % 7 == 3:
+            cache.remove(f"e{n - 1}")
+        if n == 30:  # the same id again, with new subjects: the old copy is dead
+            cache.add(make_edit("e5", {"en": ["Subject five"]}, seed=99))
+        cache.save(folder)
+        written.append(len(list(folder.glob("deltas-*.safetensors"))))
+        reloaded = EditCache.load(folder)
+        assert [e.edit_id for e in reloaded] == [e.edit_id for e in cache]
+        cache = reloaded if n % 2 else cache  # alternate: continue on the loaded copy, or the in-memory one
+    assert max(written) <= 7
+    assert_same_cache(cache, EditCache.load(folder))
+    assert EditCache.load(folder).get("e5").subjects == {"en": ["Subject five"]}
+
+
+def test_format_2_cache_loads_and_is_rewritten_as_shards(model, tmp_path: Path) -> None:
+    """A cache saved by an earlier mkedit (one tensors file, records in cache.json) still loads; the next
+    save writes shards and removes the old file."""
+    cache = make_cache(model)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    tensors = {f"{e.edit_id}/{name}": t for e in cache for name, t in e.tensors.items()}
+    save_file(tensors, str(folder / "deltas-0123456789abcdef.safetensors"))
+    index = {
+        "format": "mkedit-edit-cache",
+        "version": 2,
+        "model": cache.fingerprint.to_dict(),
+        "method": cache.method,
+        "method_config": cache.method_config,
+        "tensors_file": "deltas-0123456789abcdef.safetensors",
+        "tensors_sha256": file_sha256(folder / "deltas-0123456789abcdef.safetensors"),
+        "edits": [
+            {"id": e.edit_id, "subjects": e.subjects, "tensors": sorted(e.tensors), "info": e.info} for e in cache
+        ],
+    }
+    (folder / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
+    old = EditCache.load(folder, model=model)
+    assert_same_cache(cache, old)
+    old.save(folder)
+    assert "deltas-0123456789abcdef.safetensors" not in {p.name for p in folder.iterdir()}
+    assert json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))["version"] == 3
+    assert_same_cache(cache, EditCache.load(folder))
+
+
+@pytest.mark.parametrize(("value_dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 127)])
+def test_stored_values_and_indices(value_dtype: str, tolerance: float) -> None:
+    """Indices take int16 (int32 past 32,767 neurons) losslessly; values come back within the storage's
+    precision (relative to the layer's largest value); keep_fraction keeps the largest updates."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.tensor([3, 40_000, 7, 12])
+    val = torch.randn(4, generator=g)
+    deltas = {1: (idx[[0, 2, 3]], val[[0, 2, 3]]), 2: (idx, val)}
+    edit = Edit("x", {"en": ["X"]}, neuron_tensors(deltas, value_dtype))
+    assert edit.tensors["1/idx"].dtype == torch.int16 and edit.tensors["2/idx"].dtype == torch.int32
+    for layer, (i, v) in neuron_deltas(edit).items():
+        assert torch.equal(i, deltas[layer][0])
+        assert v.dtype == torch.float32
+        assert (v - deltas[layer][1]).abs().max() <= tolerance * deltas[layer][1].abs().max() + 1e-7
+    top = neuron_deltas(Edit("x", {}, neuron_tensors({2: (idx, val)}, value_dtype, keep_fraction=0.5)))[2]
+    assert set(top[0].tolist()) == set(idx[val.abs().topk(2).indices].tolist())
+
+
+def test_shards_stop_merging_at_the_cap(model, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cache_module, "MAX_SHARD_EDITS", 4)
+    cache = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {})
+    for n in range(13):
+        cache.add(make_edit(f"e{n}", {"en": [f"Subject {n}"]}, seed=n))
+        cache.save(tmp_path / "cache")
+    index = json.loads((tmp_path / "cache" / INDEX_FILE).read_text(encoding="utf-8"))
+    sizes = [s["edits"] for s in index["shards"]]
+    assert sum(sizes) == 13 and max(sizes) <= 4 and len(sizes) <= 6
+    assert [e.edit_id for e in EditCache.load(tmp_path / "cache")] == [f"e{n}" for n in range(13)]

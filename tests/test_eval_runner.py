@@ -32,7 +32,8 @@ from mkedit.eval.runner import (
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.methods.view import ModelView
 from mkedit.runtime.cache import Edit, EditCache
-from mkedit.runtime.edited_model import EditedModel, neuron_tensors
+from mkedit.runtime.deltas import neuron_tensors
+from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.subject import PLACEMENT_KINDS
 from mkedit.types import EditGroup
 

@@ -10,7 +10,8 @@ import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit, EditCache
-from mkedit.runtime.edited_model import EditedModel, neuron_tensors
+from mkedit.runtime.deltas import neuron_tensors
+from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.matcher import AutomatonMatcher, SubjectMatch
 
 # (cached (surface, edit id) pairs, prompt, expected (edit id, matched text) left to right)

@@ -17,7 +17,8 @@ from mkedit.methods.common.batch import encode_with_subject, shift
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import Edit, EditCache
-from mkedit.runtime.edited_model import EditedModel, neuron_deltas, neuron_tensors
+from mkedit.runtime.deltas import neuron_deltas, neuron_tensors
+from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.subject import find_subject, last_token_index, locate_subject, place_subject
 from mkedit.runtime.tokens import token_char_spans
 from mkedit.types import EditGroup, EditRequest

@@ -18,7 +18,7 @@ from mkedit.eval.report import SPECIFICITY, summary_markdown
 from mkedit.eval.runner import RECORDS_FILE, EvalConfig, EvalConfigError, read_rows, run_evaluation
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.runtime.cache import Edit
-from mkedit.runtime.edited_model import neuron_tensors
+from mkedit.runtime.deltas import neuron_tensors
 from mkedit.types import EditGroup
 
 MODEL_NAME = "tiny-qwen2"

@@ -7,9 +7,10 @@ batches with left or right padding, and several subjects in one input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -19,25 +20,44 @@ from mkedit.arch import NeuronSite, get_adapter
 from mkedit.arch.hooks import NeuronUpdates, Placement, neuron_updates
 from mkedit.methods.view import EditedView
 from mkedit.runtime.cache import Edit, EditCache
+from mkedit.runtime.deltas import neuron_deltas
 from mkedit.runtime.matcher import AutomatonMatcher, SubjectMatch, SubjectMatcher
 from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config
 from mkedit.runtime.subject import last_token_index
 from mkedit.runtime.tokens import token_char_spans
 
-
-def neuron_tensors(deltas: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Per-layer (indices, values) as an edit's tensors ``<layer>/idx`` (long) and ``<layer>/val`` (float32)."""
-    out: dict[str, torch.Tensor] = {}
-    for layer, (idx, val) in deltas.items():
-        out[f"{layer}/idx"] = idx.detach().to("cpu", torch.long)
-        out[f"{layer}/val"] = val.detach().to("cpu", torch.float32)
-    return out
+T = TypeVar("T")
 
 
-def neuron_deltas(edit: Edit) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """The inverse of :func:`neuron_tensors`: layer -> (indices [k], values [k])."""
-    layers = sorted({int(prefix) for name in edit.tensors if (prefix := name.split("/", 1)[0]).isdigit()})
-    return {layer: (edit.tensors[f"{layer}/idx"], edit.tensors[f"{layer}/val"]) for layer in layers}
+class PerEdit(Mapping[str, T]):
+    """edit id -> a value derived from that edit's tensors, computed on first use: serving a large cache
+    reads (and keeps) only the tensors of the edits that queries match. ``has(edit)`` says which edits
+    have a value at all (judged from tensor names, without reading them)."""
+
+    def __init__(
+        self, edits: Mapping[str, Edit], derive: Callable[[Edit], T], has: Callable[[Edit], bool] | None = None
+    ) -> None:
+        self._edits = edits
+        self._derive = derive
+        self._has = has
+        self._values: dict[str, T] = {}
+
+    def __contains__(self, edit_id: object) -> bool:
+        edit = self._edits.get(edit_id) if isinstance(edit_id, str) else None
+        return edit is not None and (self._has is None or self._has(edit))
+
+    def __getitem__(self, edit_id: str) -> T:
+        if edit_id not in self._values:
+            if edit_id not in self:
+                raise KeyError(edit_id)
+            self._values[edit_id] = self._derive(self._edits[edit_id])
+        return self._values[edit_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return (edit_id for edit_id in self._edits if edit_id in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass(frozen=True)
@@ -82,18 +102,18 @@ class EditedModel:
         self.gate = gate  # None: an edit fires wherever its subject occurs (the paper's Eq. 11)
         self._matcher: SubjectMatcher | None = None
         self._updates: NeuronUpdates = {}
-        self._gate_keys: dict[str, torch.Tensor] = {}
+        self._gate_keys: Mapping[str, torch.Tensor] = {}
         self._version = -1
 
     def _refresh(self) -> None:
         """Rebuild the matcher and the update table whenever the cache has changed."""
         version = self.edits.version if isinstance(self.edits, EditCache) else 0
         if version != self._version:
-            edits = list(self.edits)
-            entries = [(s, e.edit_id) for e in edits for s in sorted(e.surfaces())]
+            edits = {e.edit_id: e for e in self.edits}
+            entries = [(s, edit_id) for edit_id, e in edits.items() for s in sorted(e.surfaces())]
             self._matcher = AutomatonMatcher(entries, fold=self.fold)
-            self._updates = {e.edit_id: neuron_deltas(e) for e in edits}
-            self._gate_keys = {e.edit_id: e.tensors[GATE_KEYS] for e in edits if GATE_KEYS in e.tensors}
+            self._updates = PerEdit(edits, neuron_deltas)
+            self._gate_keys = PerEdit(edits, lambda e: e.tensors[GATE_KEYS], lambda e: GATE_KEYS in e.tensors)
             self._version = version
 
     @property

@@ -12,6 +12,7 @@ from typing import Literal
 
 from mkedit.arch import NeuronSite
 from mkedit.methods.config import MethodConfig
+from mkedit.runtime.deltas import ValueDtype
 from mkedit.runtime.encoders import EncoderName
 
 LocateStrategy = Literal["lafns", "all", "random"]
@@ -80,6 +81,10 @@ class LuLafnConfig(MethodConfig):
     """Bound ``||ΔV_layer|| <= ratio * ||V_layer||`` at the subject token (base values on the LAFNs)."""
     seed: int = 0
     """Seed of the random prefixes and of the ``random`` locating ablation."""
+    store_values: ValueDtype = "float32"
+    """How the cache stores ΔV's values: ``float32``, ``float16``, ``bfloat16`` or ``int8`` (a scale per layer)."""
+    store_fraction: float = 1.0
+    """Store only this fraction of each layer's updates, the largest by magnitude (1 = all)."""
     # Speed switches: all on by default; off reproduces the straightforward implementation.
     batch_sequences: bool = True
     """One padded forward for every language, prefix and KL prompt of a group."""
@@ -95,6 +100,8 @@ class LuLafnConfig(MethodConfig):
             raise ValueError("LuLafnConfig.layers must name at least one layer")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if not 0.0 < self.store_fraction <= 1.0:
+            raise ValueError(f"store_fraction must be in (0, 1], got {self.store_fraction}")
         if self.lambda_keep < 0:
             raise ValueError(f"lambda_keep must be >= 0, got {self.lambda_keep}")
         for name in ("learning_rate", "max_delta_norm_ratio"):

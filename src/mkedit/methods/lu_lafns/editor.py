@@ -17,7 +17,8 @@ from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
 from mkedit.methods.registry import register_method
 from mkedit.runtime.cache import Edit
-from mkedit.runtime.edited_model import EditedModel, neuron_tensors
+from mkedit.runtime.deltas import neuron_tensors
+from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.matcher import describe_matcher
 from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config, gate_keys
 from mkedit.types import EditGroup
@@ -131,7 +132,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             },
         }
         deltas = {layer: (located.lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
-        tensors = neuron_tensors(deltas)
+        tensors = neuron_tensors(deltas, self.config.store_values, self.config.store_fraction)
         if self.config.relation_gate:
             assert self._gate is not None  # prepare_config builds it when relation_gate is on
             tensors[GATE_KEYS] = gate_keys(self._gate.encoder, group)
