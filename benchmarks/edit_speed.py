@@ -29,8 +29,8 @@ from mkedit.models import load_model
 from mkedit.models.device import add_device_options
 from mkedit.runtime.edited_model import EditedModel
 
-SLOW = {"batch_sequences": False, "reuse_lower_layers": False, "answer_logits_only": False}
-FAST = {"batch_sequences": True, "reuse_lower_layers": True, "answer_logits_only": True}
+SLOW = {"batch_sequences": False, "reuse_lower_layers": False, "answer_logits_only": False, "reuse_prefix": False}
+FAST = {"batch_sequences": True, "reuse_lower_layers": True, "answer_logits_only": True, "reuse_prefix": True}
 
 
 class PeakRss:

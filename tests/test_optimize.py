@@ -30,7 +30,7 @@ REQUESTS = (
     EditRequest("en", "Russia", "Who is the president of Russia?", "Boris", ("Who leads Russia?",)),
     EditRequest("zh", "俄罗斯", "俄罗斯的总统是谁？", "鲍里斯", ("谁领导俄罗斯？",)),
 )
-SWITCHES = ("batch_sequences", "reuse_lower_layers", "answer_logits_only")
+SWITCHES = ("batch_sequences", "reuse_lower_layers", "answer_logits_only", "reuse_prefix")
 
 
 def training_sequences() -> list[TrainSequence]:
@@ -108,7 +108,7 @@ def _loss_and_grads(
     updates = {EDIT_KEY: {layer: (lafns[layer], deltas[layer]) for layer in layers}}
     total = 0.0
     for group in groups:
-        batch = to_tensor_batch(group, 0, n_target, n_kl, torch.device("cpu"), n_keep)
+        batch = to_tensor_batch(group, 0, n_target, n_kl, torch.device("cpu"), n_keep, cfg.reuse_prefix)
         prepared, _ = _prepare(adapter, batch, cfg, layers[0])
         loss, _, _, _ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
         loss.backward()

@@ -10,9 +10,11 @@ locate-then-edit methods read their key.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,10 @@ class TensorBatch:
     keep_weight: torch.Tensor
     subject_rows: torch.Tensor  # rows of target sequences, for reading base values
     subject_pos: torch.Tensor
+    split: int = 0
+    """Subject-aligned batches (``align_subjects``): every row's subject ends at column ``split``, so the
+    columns before it never see an update and their keys/values can be computed once (:func:`prefix_cache`)."""
+    position_ids: torch.Tensor | None = None  # [b, s]; subject-aligned rows are left-padded
 
     def read_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All (row, pos) whose logits the loss needs: answer positions, then KL positions."""
@@ -127,30 +133,34 @@ def to_tensor_batch(
     n_kl: int,
     device: torch.device,
     n_keep: int = 0,
+    align_subjects: bool = False,
 ) -> TensorBatch:
     """Pad ``sequences``; loss weights are normalised by the totals of the whole group
     (``n_target`` target sequences, ``n_kl`` KL prompts, ``n_keep`` keep prompts), so splitting a group
-    into several batches and summing their losses gives the same objective."""
-    width = max(len(s.input_ids) for s in sequences)
+    into several batches and summing their losses gives the same objective. Rows are right-padded, or
+    with ``align_subjects`` left-padded so that every subject ends in the same column (``split``)."""
+    split = max(s.subject_pos for s in sequences) if align_subjects else 0
+    shifts = [split - s.subject_pos if align_subjects else 0 for s in sequences]
+    width = max(len(s.input_ids) + shift for s, shift in zip(sequences, shifts, strict=True))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     t_rows, t_pos, t_ids, t_w, s_rows, s_pos = [], [], [], [], [], []
     k_rows, k_pos, k_w, keep_w = [], [], [], []
-    for row, seq in enumerate(sequences):
+    for row, (seq, shift) in enumerate(zip(sequences, shifts, strict=True)):
         n = len(seq.input_ids)
-        ids[row, :n] = torch.tensor(seq.input_ids)
-        mask[row, :n] = 1
+        ids[row, shift : shift + n] = torch.tensor(seq.input_ids)
+        mask[row, shift : shift + n] = 1
         if seq.kind == "target":
             positions = range(seq.answer_start, n)
             t_rows += [row] * len(positions)
-            t_pos += [p - 1 for p in positions]
+            t_pos += [shift + p - 1 for p in positions]
             t_ids += [seq.input_ids[p] for p in positions]
             t_w += [1.0 / (len(positions) * n_target)] * len(positions)
             s_rows.append(row)
-            s_pos.append(seq.subject_pos)
+            s_pos.append(shift + seq.subject_pos)
         else:
             k_rows.append(row)
-            k_pos.append(n - 1)
+            k_pos.append(shift + n - 1)
             k_w.append(1.0 / max(n_kl, 1) if seq.kind == "kl" else 0.0)
             keep_w.append(1.0 / max(n_keep, 1) if seq.kind == "keep" else 0.0)
 
@@ -160,7 +170,10 @@ def to_tensor_batch(
     return TensorBatch(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
-        placements=[Placement(row, seq.subject_pos, EDIT_KEY) for row, seq in enumerate(sequences)],
+        placements=[
+            Placement(row, shift + seq.subject_pos, EDIT_KEY)
+            for row, (seq, shift) in enumerate(zip(sequences, shifts, strict=True))
+        ],
         target_rows=long(t_rows),
         target_pos=long(t_pos),
         target_ids=long(t_ids),
@@ -171,16 +184,50 @@ def to_tensor_batch(
         keep_weight=torch.tensor(keep_w, device=device),
         subject_rows=long(s_rows),
         subject_pos=long(s_pos),
+        split=split,
+        position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device) if align_subjects else None,
     )
 
 
+def _inputs(
+    adapter: FFNAdapter, batch: TensorBatch, columns: slice, past: Any = None, use_cache: bool = False
+) -> dict[str, Any]:
+    """Model inputs for ``columns`` of the batch (attending to ``past``, the columns before them)."""
+    inputs: dict[str, Any] = {
+        "input_ids": batch.input_ids[:, columns],
+        "attention_mask": batch.attention_mask[:, : columns.stop],
+        "use_cache": use_cache,
+    }
+    if past is not None:
+        inputs["cache"] = past
+    if batch.position_ids is not None and "position_ids" in inspect.signature(adapter.base_model.forward).parameters:
+        inputs["position_ids"] = batch.position_ids[:, columns]
+    return inputs
+
+
+@torch.no_grad()
+def prefix_cache(adapter: FFNAdapter, batch: TensorBatch) -> Any:
+    """Keys and values of a subject-aligned batch's columns before ``split``: no update reaches them, so
+    every step of an optimisation reuses them (``read_logprobs(..., past=)``) instead of recomputing."""
+    return adapter.base_model(**_inputs(adapter, batch, slice(0, batch.split), use_cache=True)).cache
+
+
 def read_logprobs(
-    adapter: FFNAdapter, batch: TensorBatch, rows: torch.Tensor, pos: torch.Tensor, full_logits: bool
+    adapter: FFNAdapter,
+    batch: TensorBatch,
+    rows: torch.Tensor,
+    pos: torch.Tensor,
+    full_logits: bool,
+    past: Any = None,
 ) -> torch.Tensor:
     """Log-probabilities ``[n, vocab]`` at ``(rows, pos)``. With ``full_logits=False`` the output head
-    runs only at those positions instead of everywhere."""
+    runs only at those positions instead of everywhere. With ``past`` (:func:`prefix_cache`) only the
+    columns from ``split`` on are computed, against a copy of it (a forward appends to its cache)."""
+    start = batch.split if past is not None else 0
+    past = copy.deepcopy(past)
+    inputs = _inputs(adapter, batch, slice(start, batch.input_ids.shape[1]), past, use_cache=past is not None)
     if full_logits:
-        logits = adapter.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return F.log_softmax(logits[rows, pos].float(), dim=-1)
-    hidden = adapter.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return F.log_softmax(adapter.logits_from_hidden(hidden.last_hidden_state[rows, pos]).float(), dim=-1)
+        logits = adapter.model(**inputs).logits
+        return F.log_softmax(logits[rows, pos - start].float(), dim=-1)
+    hidden = adapter.base_model(**inputs).last_hidden_state
+    return F.log_softmax(adapter.logits_from_hidden(hidden[rows, pos - start]).float(), dim=-1)

@@ -92,6 +92,9 @@ class LuLafnConfig(MethodConfig):
     """Compute the blocks below the first edited layer once, not every step."""
     answer_logits_only: bool = True
     """Apply the output head only at answer and KL positions."""
+    reuse_prefix: bool = True
+    """Align every sequence at its subject and compute the tokens before it once (their keys and values),
+    not every step: no update reaches them."""
     locate_batch_size: int = 16
     """Paraphrases per forward while locating."""
 

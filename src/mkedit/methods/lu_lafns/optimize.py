@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,14 @@ import torch.nn.functional as F
 from mkedit.arch import FFNAdapter
 from mkedit.arch.hooks import capture_site_values, neuron_updates
 from mkedit.arch.replay import capture_block_output, replaying
-from mkedit.methods.common.batch import EDIT_KEY, TensorBatch, TrainSequence, read_logprobs, to_tensor_batch
+from mkedit.methods.common.batch import (
+    EDIT_KEY,
+    TensorBatch,
+    TrainSequence,
+    prefix_cache,
+    read_logprobs,
+    to_tensor_batch,
+)
 from mkedit.methods.lu_lafns.config import LuLafnConfig
 
 log = logging.getLogger(__name__)
@@ -43,11 +51,13 @@ class OptimizeResult:
 
 @dataclass
 class _Prepared:
-    """What one batch needs before the loop: base KL distributions and replayable lower blocks."""
+    """What one batch needs before the loop: base KL distributions, replayable lower blocks, and the
+    keys/values of the columns before the subjects."""
 
     batch: TensorBatch
     base_kl: torch.Tensor  # [n_kl + n_keep, vocab] log-probs of the untouched model
     lower: object | None
+    past: Any = None
 
 
 def _prepare(
@@ -55,6 +65,8 @@ def _prepare(
 ) -> tuple[_Prepared, dict[int, torch.Tensor]]:
     """One no-grad forward without ΔV: base KL log-probs, base neuron values at the subject tokens
     (for the norm bound), and the lower blocks' output for replay."""
+    past = prefix_cache(adapter, batch) if batch.split > 0 else None
+    start = batch.split if past is not None else 0
     with ExitStack() as stack, torch.no_grad():
         values = stack.enter_context(capture_site_values(adapter, config.layers, config.site))
         lower = (
@@ -62,11 +74,11 @@ def _prepare(
             if config.reuse_lower_layers and first_layer > 0
             else None
         )
-        base = read_logprobs(adapter, batch, batch.kl_rows, batch.kl_pos, not config.answer_logits_only)
+        base = read_logprobs(adapter, batch, batch.kl_rows, batch.kl_pos, not config.answer_logits_only, past)
     subject_values = {
-        layer: v[batch.subject_rows, batch.subject_pos] for layer, v in values.items()
+        layer: v[batch.subject_rows, batch.subject_pos - start] for layer, v in values.items()
     }  # [n_target, d_ffn]
-    return _Prepared(batch, base, lower["out"] if lower is not None else None), subject_values
+    return _Prepared(batch, base, lower["out"] if lower is not None else None, past), subject_values
 
 
 def _batch_loss(
@@ -78,7 +90,7 @@ def _batch_loss(
             stack.enter_context(replaying(adapter, first_layer, prepared.lower))
         stack.enter_context(neuron_updates(adapter, updates, batch.placements, config.site))
         rows, pos = batch.read_positions()
-        logp = read_logprobs(adapter, batch, rows, pos, not config.answer_logits_only)
+        logp = read_logprobs(adapter, batch, rows, pos, not config.answer_logits_only, prepared.past)
     n_t = batch.target_rows.numel()
     token_logp = logp[:n_t].gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
     nll = -(token_logp * batch.target_weight).sum()
@@ -104,7 +116,7 @@ def optimize_delta(
     first_layer = layers[0]
     n_target, n_kl, n_keep = (sum(s.kind == kind for s in sequences) for kind in ("target", "kl", "keep"))
     groups = [list(sequences)] if config.batch_sequences else [[s] for s in sequences]
-    batches = [to_tensor_batch(g, pad_id, n_target, n_kl, device, n_keep) for g in groups]
+    batches = [to_tensor_batch(g, pad_id, n_target, n_kl, device, n_keep, config.reuse_prefix) for g in groups]
     cfg = config.replace(layers=tuple(layers))
     prepared, base_values = [], {layer: [] for layer in layers}
     for batch in batches:
