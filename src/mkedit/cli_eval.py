@@ -20,11 +20,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mkedit.cli_options import DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt
+from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
 from mkedit.errors import MkeditError
+from mkedit.eval.distributed import WorkerPool, WorkerSpec, check_workers, run_distributed_evaluation
 from mkedit.eval.runner import (
     HEATMAP_PNG,
     RECORDS_FILE,
@@ -32,6 +33,7 @@ from mkedit.eval.runner import (
     SUMMARY_JSON,
     SUMMARY_MD,
     EvalConfig,
+    EvalConfigError,
     run_evaluation,
 )
 from mkedit.methods.config import parse_overrides
@@ -82,6 +84,8 @@ def eval_command(
     ] = 10,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = 0,
+    address: AddressOpt = None,
 ) -> None:
     """Evaluate an editing method on a benchmark: the paper's four metrics (F1/EM) and generation scores.
 
@@ -110,9 +114,9 @@ def eval_command(
             probe_templates=str(probe_templates) if probe_templates else None,
         )
         records = load_records(data, config.langs, limit, offset, config.specificity, config.probe_templates)
-        with err.status(f"loading {model}"):
-            loaded = load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
-        editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
+        check_workers(workers, address)
+        if workers and sequential:
+            raise EvalConfigError("--workers cannot run --sequential: its edits stack, one record after another")
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -121,6 +125,14 @@ def eval_command(
             TextColumn("left"),
             TimeRemainingColumn(),
         )
+        if workers:
+            spec = WorkerSpec(model, device, dtype, method, preset, settings)
+            with err.status(f"starting {workers} Ray worker(s), each loading {model}"):
+                pool = WorkerPool(spec, workers, address)
+        else:
+            with err.status(f"loading {model}"):
+                loaded = load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
+            editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
         with Progress(*columns, console=err) as bar:
             task = bar.add_task("records", total=None)
 
@@ -130,9 +142,13 @@ def eval_command(
                 label = f"records ({record_id})" if record_id else "records"
                 bar.update(task, completed=done, total=total, description=label)
 
-            summary = run_evaluation(
-                loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor, progress=on_progress
-            )
+            if workers:
+                with pool:
+                    summary = run_distributed_evaluation(pool, records, config, out, on_progress)
+            else:
+                summary = run_evaluation(
+                    loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor, progress=on_progress
+                )
     except MkeditError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc

@@ -21,3 +21,9 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a hyperparameter, KEY=VALUE (repeatable; see mkedit methods)"),
 ]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=0, help="Spread the work over N Ray workers (0: this process)")
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster to join with --workers (default: start a local one)")
+]

@@ -33,11 +33,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -541,6 +541,103 @@ def _load_sequential_cache(
     return fresh
 
 
+class RecordEvaluator:
+    """Evaluates records one at a time with one model and method: what ``mkedit eval`` runs in its own
+    process, and what each worker of a distributed run (:mod:`mkedit.eval.distributed`) holds."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        model_name: str,
+        method: EditMethod,
+        config: EvalConfig,
+        plan: EvalPlan,
+    ) -> None:
+        self.model, self.model_name, self.method, self.config, self.plan = model, model_name, method, config, plan
+        self.cache = method.new_cache()
+        self.base = Scorer(ModelView(model), tokenizer, config, next(model.parameters()).device)
+        self.guard: WeightGuard | None = None  # taken after prepare(), which may build things on the model
+
+    def run_info(self) -> dict[str, Any]:
+        return _run_info(self.config, self.model, self.model_name, self.plan, self.cache, self.method.matcher_info())
+
+    def resume(self, out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Sequential runs: put back the edits of the records already done."""
+        if self.config.sequential:
+            self.cache = _load_sequential_cache(out_dir, self.cache, self.model, self.model_name, rows)
+
+    def prepare(self) -> float:
+        """The method's one-off work (key statistics); returns its seconds."""
+        start = time.perf_counter()
+        self.method.prepare(self.plan.edit_langs)
+        seconds = time.perf_counter() - start
+        self.guard = WeightGuard(self.model, self.method.name)
+        return seconds
+
+    def evaluate(self, record: BenchmarkRecord) -> dict[str, Any]:
+        if self.guard is None:
+            self.guard = WeightGuard(self.model, self.method.name)
+        return _evaluate_record(record, self.plan, self.config, self.method, self.cache, self.base, self.guard)
+
+    def rows(self, records: Sequence[BenchmarkRecord], out_dir: Path) -> Iterator[dict[str, Any]]:
+        """Each record's row, in order; sequential runs save the growing cache before yielding the row
+        (a done record's edit is then always on disk)."""
+        for record in records:
+            row = self.evaluate(record)
+            if self.config.sequential:
+                self.cache.save(out_dir / CACHE_DIR)
+            yield row
+
+    def one_off_seconds(self) -> float | None:
+        return self.method.one_off_seconds()
+
+
+class Evaluator(Protocol):
+    """What :func:`drive` needs from whoever evaluates: one process (:class:`RecordEvaluator`) or a pool."""
+
+    def run_info(self) -> dict[str, Any]: ...
+    def resume(self, out_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None: ...
+    def prepare(self) -> float: ...
+    def rows(self, records: Sequence[BenchmarkRecord], out_dir: Path) -> Iterator[dict[str, Any]]: ...
+    def one_off_seconds(self) -> float | None: ...
+
+
+def drive(
+    evaluator: Evaluator,
+    records: Sequence[BenchmarkRecord],
+    config: EvalConfig,
+    plan: EvalPlan,
+    out_dir: str | os.PathLike[str],
+    model_name: str,
+    progress: ProgressFn | None = None,
+) -> Summary:
+    """Evaluate the records of ``records`` not yet in ``out_dir`` (resuming), appending each row as it comes,
+    then write the summary over all of them."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_run_file(out_dir, evaluator.run_info())
+    records_path = out_dir / RECORDS_FILE
+    # Rows of earlier versions that left a record out ("error") are done again: every record is scored now.
+    existing = [row for row in read_rows(records_path) if "error" not in row]
+    done = {row["record_id"] for row in existing}
+    evaluator.resume(out_dir, existing)
+    todo = [r for r in records if r.record_id not in done]
+    if len(todo) < len(records):
+        log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
+    prepare_seconds = evaluator.prepare() if todo else 0.0
+    if progress is not None:
+        progress(0, len(todo), "")
+    with open(records_path, "a", encoding="utf-8") as fh:
+        for index, row in enumerate(evaluator.rows(todo, out_dir), start=1):
+            _append_row(fh, row)
+            existing.append(row)
+            if progress is not None:
+                progress(index, len(todo), row["record_id"])
+    one_off = evaluator.one_off_seconds()
+    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds, one_off)
+
+
 def run_evaluation(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -552,40 +649,9 @@ def run_evaluation(
     progress: ProgressFn | None = None,
 ) -> Summary:
     """Evaluate ``method`` on ``records`` into ``out_dir`` (resuming what is there); returns the summary."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_for(config, records)
-    cache = method.new_cache()
-    _check_or_write_run_file(out_dir, _run_info(config, model, model_name, plan, cache, method.matcher_info()))
-    records_path = out_dir / RECORDS_FILE
-    # Rows of earlier versions that left a record out ("error") are done again: every record is scored now.
-    existing = [row for row in read_rows(records_path) if "error" not in row]
-    done = {row["record_id"] for row in existing}
-    if config.sequential:
-        cache = _load_sequential_cache(out_dir, cache, model, model_name, existing)
-    todo = [r for r in records if r.record_id not in done]
-    if len(todo) < len(records):
-        log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
-    device = next(model.parameters()).device
-    base = Scorer(ModelView(model), tokenizer, config, device)
-    start = time.perf_counter()
-    if todo:
-        method.prepare(plan.edit_langs)
-    prepare_seconds = time.perf_counter() - start
-    guard = WeightGuard(model, method.name)
-    if progress is not None:
-        progress(0, len(todo), "")
-    with open(records_path, "a", encoding="utf-8") as fh:
-        for index, record in enumerate(todo, start=1):
-            row = _evaluate_record(record, plan, config, method, cache, base, guard)
-            if config.sequential:
-                cache.save(out_dir / CACHE_DIR)  # before the row: a done record's edit is always on disk
-            _append_row(fh, row)
-            existing.append(row)
-            if progress is not None:
-                progress(index, len(todo), record.record_id)
-    one_off = method.one_off_seconds()
-    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds, one_off)
+    evaluator = RecordEvaluator(model, tokenizer, model_name, method, config, plan)
+    return drive(evaluator, records, config, plan, out_dir, model_name, progress)
 
 
 class WeightGuard:

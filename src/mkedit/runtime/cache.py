@@ -136,7 +136,12 @@ class EditCache:
     # --- model binding ----------------------------------------------------------------------------
     def check_model(self, model: nn.Module, name: str = "") -> None:
         """Refuse to serve edits computed on another model: ΔV is meaningless elsewhere."""
-        actual = model_fingerprint(model, name or self.fingerprint.name, self.fingerprint.weights_rounding)
+        self.check_fingerprint(
+            model_fingerprint(model, name or self.fingerprint.name, self.fingerprint.weights_rounding)
+        )
+
+    def check_fingerprint(self, actual: ModelFingerprint) -> None:
+        """:meth:`check_model` with the model's fingerprint taken elsewhere (e.g. by a Ray worker)."""
         if not self.fingerprint.matches(actual):
             raise CacheError(
                 f"this edit cache was made for model {self.fingerprint.name!r} "
