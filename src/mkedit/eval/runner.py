@@ -714,8 +714,10 @@ def _evaluate_record(
 ) -> dict[str, Any]:
     """Edit, evaluate and package one record's row. Every record is scored: a language that cannot be
     edited answers with nothing of its own in force, and the row says why (``not_edited``)."""
+    started = time.perf_counter()
     # Pre-edit references first, with nothing in force and before any edit of this record is computed.
     pre = pre_predictions(record, plan.test_langs, base)
+    pre_seconds = time.perf_counter() - started
     # Every edit of the record next: a failure then leaves the cache untouched (no half-applied record in
     # sequential mode). In sequential mode earlier edits are in force while the new one is computed.
     earlier = list(cache) if config.sequential else []
@@ -761,6 +763,8 @@ def _evaluate_record(
         "cache_size": cache_size,
         "pre": pre,
         "outputs": outputs,
+        # wall clock of this record: the untouched model's references, the edits, and all the rest (scoring)
+        "seconds": _record_seconds(started, pre_seconds, sum(seconds for _, seconds in edits)),
     }
     if not_edited:
         row["not_edited"] = not_edited
@@ -770,6 +774,16 @@ def _evaluate_record(
 
 
 # --------------------------------------------------------------------------- summary
+
+
+def _record_seconds(started: float, pre: float, edit: float) -> dict[str, float]:
+    total = time.perf_counter() - started
+    return {
+        "total": round(total, 3),
+        "pre": round(pre, 3),
+        "edit": round(edit, 3),
+        "score": round(total - pre - edit, 3),
+    }
 
 
 def _seconds_per_edit(rows: Sequence[Mapping[str, Any]]) -> float | None:
