@@ -108,7 +108,7 @@ def _em(summary: dict, lang: str, metric: str) -> float:
     return summary["scores"][lang][metric]["em"]
 
 
-def report(summaries: dict[str, dict], sizes: dict[str, list[int]], as_json: bool) -> None:
+def report(summaries: dict[str, dict], sizes: dict[str, dict[str, int]], as_json: bool) -> None:
     reference = next(iter(summaries.values()))
     langs = list(reference["scores"])
     rows = []
@@ -116,7 +116,7 @@ def report(summaries: dict[str, dict], sizes: dict[str, list[int]], as_json: boo
         row = {
             "variant": name,
             "records": summary["n_records"],
-            "kib_per_edit": sum(sizes[name]) / len(sizes[name]) / 1024,
+            "kib_per_edit": sum(sizes[name].values()) / max(len(sizes[name]), 1) / 1024,
         }
         for lang in langs:
             for metric in METRICS:

@@ -327,20 +327,27 @@ def test_format_2_cache_loads_and_is_rewritten_as_shards(model, tmp_path: Path) 
     assert_same_cache(cache, EditCache.load(folder))
 
 
-@pytest.mark.parametrize(("value_dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 127)])
+@pytest.mark.parametrize(
+    ("value_dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7)]
+)
 def test_stored_values_and_indices(value_dtype: str, tolerance: float) -> None:
-    """Indices take int16 (int32 past 32,767 neurons) losslessly; values come back within the storage's
-    precision (relative to the layer's largest value); keep_fraction keeps the largest updates."""
+    """Indices come back exactly, as a list (int16, int32 past 32,767 neurons) or a bitmask, whichever is
+    smaller; values within the storage's precision (relative to the layer's largest); keep_fraction keeps
+    the largest updates."""
     g = torch.Generator().manual_seed(0)
-    idx = torch.tensor([3, 40_000, 7, 12])
-    val = torch.randn(4, generator=g)
-    deltas = {1: (idx[[0, 2, 3]], val[[0, 2, 3]]), 2: (idx, val)}
+    sparse = torch.tensor([3, 40_000, 7, 12])
+    dense = torch.randperm(64, generator=g)[:41]
+    deltas = {1: (dense, torch.randn(41, generator=g)), 2: (sparse, torch.randn(4, generator=g))}
     edit = Edit("x", {"en": ["X"]}, neuron_tensors(deltas, value_dtype))
-    assert edit.tensors["1/idx"].dtype == torch.int16 and edit.tensors["2/idx"].dtype == torch.int32
+    assert edit.tensors["1/mask"].dtype == torch.uint8 and edit.tensors["1/mask"].numel() == 8
+    assert edit.tensors["2/idx"].dtype == torch.int32 and "1/idx" not in edit.tensors
     for layer, (i, v) in neuron_deltas(edit).items():
-        assert torch.equal(i, deltas[layer][0])
+        order = deltas[layer][0].argsort()
+        assert torch.equal(i, deltas[layer][0][order])
+        expected = deltas[layer][1][order]
         assert v.dtype == torch.float32
-        assert (v - deltas[layer][1]).abs().max() <= tolerance * deltas[layer][1].abs().max() + 1e-7
+        assert (v - expected).abs().max() <= tolerance * expected.abs().max() / 2 + 1e-6
+    idx, val = sparse, deltas[2][1]
     top = neuron_deltas(Edit("x", {}, neuron_tensors({2: (idx, val)}, value_dtype, keep_fraction=0.5)))[2]
     assert set(top[0].tolist()) == set(idx[val.abs().topk(2).indices].tolist())
 

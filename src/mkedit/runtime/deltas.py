@@ -1,11 +1,13 @@
 """How an LU-LAFNs edit's ΔV is stored: per layer, neuron indices and their update values.
 
-Indices take the smallest integer type that holds the layer width (int16 up to 32,767 neurons, else
-int32): lossless. Values are float32 by default; ``float16``/``bfloat16`` halve them and ``int8`` (one
-float32 scale per layer, symmetric) quarters them, and ``keep_fraction`` < 1 keeps only the largest
-updates by magnitude. The loss these cause is measured in the README (performance section) before any
-of them becomes a default. :func:`neuron_deltas` reads every stored form back as long indices and
-float32 values.
+Indices are stored losslessly in the smaller of two forms: a list in the smallest integer type that
+holds them (int16 up to 32,767 neurons, else int32; ``<layer>/idx``), or a bitmask over the layer's
+neurons up to the highest one used (``<layer>/mask``, 1 bit per neuron): LAFNs are often a large share
+of a layer, and then the mask is several times smaller. Values are float32 by default; ``float16`` /
+``bfloat16`` halve them, ``int8`` and ``int4`` (symmetric, one float32 scale per layer; int4 packs two
+values per byte) quarter and eighth them, and ``keep_fraction`` < 1 keeps only the largest updates by
+magnitude. The loss each causes is measured in the README (performance section).
+:func:`neuron_deltas` reads every stored form back as long indices and float32 values.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from mkedit.runtime.cache import Edit
 
-ValueDtype = Literal["float32", "float16", "bfloat16", "int8"]
+ValueDtype = Literal["float32", "float16", "bfloat16", "int8", "int4"]
 VALUE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -29,6 +31,24 @@ VALUE_DTYPES: dict[str, torch.dtype] = {
 
 def _index_dtype(width: int) -> torch.dtype:
     return torch.int16 if width <= torch.iinfo(torch.int16).max + 1 else torch.int32
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool ``[n]`` -> uint8 ``[ceil(n / 8)]``, first bit in the lowest position."""
+    padded = torch.zeros(-(-bits.numel() // 8) * 8, dtype=torch.uint8)
+    padded[: bits.numel()] = bits.to(torch.uint8)
+    return (padded.view(-1, 8) << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[m]`` -> bool ``[8 m]`` (inverse of :func:`_pack_bits`)."""
+    return ((packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten().bool()
+
+
+def _quantise(val: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric integer codes in ``[-levels, levels]`` and the scale that maps them back."""
+    scale = val.abs().max().clamp_min(1e-12) / levels
+    return torch.round(val / scale).clamp(-levels, levels).to(torch.int8), scale.reshape(1)
 
 
 def neuron_tensors(
@@ -46,11 +66,24 @@ def neuron_tensors(
         if keep_fraction < 1.0 and val.numel():
             top = torch.topk(val.abs(), max(1, math.ceil(keep_fraction * val.numel()))).indices.sort().values
             idx, val = idx[top], val[top]
-        out[f"{layer}/idx"] = idx.to(_index_dtype(int(idx.max()) + 1 if idx.numel() else 0))
-        if value_dtype == "int8":
-            scale = val.abs().max().clamp_min(1e-12) / 127.0
-            out[f"{layer}/val"] = torch.round(val / scale).clamp(-127, 127).to(torch.int8)
-            out[f"{layer}/scale"] = scale.reshape(1)
+        idx, order = idx.sort()
+        val = val[order]
+        width = int(idx.max()) + 1 if idx.numel() else 0
+        as_list = idx.to(_index_dtype(width))
+        if -(-width // 8) < as_list.numel() * as_list.element_size():
+            mask = torch.zeros(width, dtype=torch.bool)
+            mask[idx] = True
+            out[f"{layer}/mask"] = _pack_bits(mask)
+        else:
+            out[f"{layer}/idx"] = as_list
+        if value_dtype in ("int8", "int4"):
+            codes, out[f"{layer}/scale"] = _quantise(val, 127 if value_dtype == "int8" else 7)
+            if value_dtype == "int4":  # two codes per byte, offset to 0..14
+                nibbles = torch.zeros(-(-codes.numel() // 2) * 2, dtype=torch.uint8)
+                nibbles[: codes.numel()] = (codes + 7).to(torch.uint8)
+                out[f"{layer}/val4"] = nibbles[0::2] | (nibbles[1::2] << 4)
+            else:
+                out[f"{layer}/val"] = codes
         else:
             out[f"{layer}/val"] = val.to(VALUE_DTYPES[value_dtype])
     return out
@@ -62,8 +95,16 @@ def neuron_deltas(edit: Edit) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     layers = sorted({int(prefix) for name in tensors if (prefix := name.split("/", 1)[0]).isdigit()})
     out = {}
     for layer in layers:
-        val = tensors[f"{layer}/val"].float()
+        if f"{layer}/mask" in tensors:
+            idx = torch.nonzero(_unpack_bits(tensors[f"{layer}/mask"])).flatten()
+        else:
+            idx = tensors[f"{layer}/idx"].long()
+        if f"{layer}/val4" in tensors:
+            packed = tensors[f"{layer}/val4"]
+            val = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: idx.numel()].float() - 7
+        else:
+            val = tensors[f"{layer}/val"].float()
         if f"{layer}/scale" in tensors:
             val = val * tensors[f"{layer}/scale"].float()
-        out[layer] = (tensors[f"{layer}/idx"].long(), val)
+        out[layer] = (idx, val)
     return out
