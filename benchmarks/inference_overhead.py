@@ -166,7 +166,7 @@ def main() -> None:
         if not math.isnan(seconds):
             print(f"built {size} synthetic edits in {seconds:.0f} s -> {folder}", file=sys.stderr)
         rows.append(measure(loaded, size, folder, args.new_tokens, args.repeats))
-        print(f"measured {size} edits", file=sys.stderr)
+        print(f"measured {size} edits: {json.dumps(rows[-1])}", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": loaded.name, "neurons_per_layer": args.neurons, "rows": rows}))
         return

@@ -361,4 +361,12 @@ def test_shards_stop_merging_at_the_cap(model, tmp_path: Path, monkeypatch) -> N
     index = json.loads((tmp_path / "cache" / INDEX_FILE).read_text(encoding="utf-8"))
     sizes = [s["edits"] for s in index["shards"]]
     assert sum(sizes) == 13 and max(sizes) <= 4 and len(sizes) <= 6
+    # many edits saved at once are written as several shards, never one over the cap
+    bulk = EditCache(model_fingerprint(model, MODEL_NAME), "lu-lafns", {})
+    for n in range(10):
+        bulk.add(make_edit(f"b{n}", {"en": [f"Bulk {n}"]}, seed=n))
+    bulk.save(tmp_path / "bulk")
+    index = json.loads((tmp_path / "bulk" / INDEX_FILE).read_text(encoding="utf-8"))
+    assert [s["edits"] for s in index["shards"]] == [4, 4, 2]
+    assert len(EditCache.load(tmp_path / "bulk")) == 10
     assert [e.edit_id for e in EditCache.load(tmp_path / "cache")] == [f"e{n}" for n in range(13)]

@@ -170,8 +170,8 @@ class EditCache:
             return _Shard(name, sha, ids)
 
         pending = [edit_id for edit_id in self._edits if edit_id not in stored]
-        if pending:
-            shards.append(write(pending))
+        for start in range(0, len(pending), MAX_SHARD_EDITS):
+            shards.append(write(pending[start : start + MAX_SHARD_EDITS]))
         shards = [s for s in shards if live(s)]
         while len(shards) >= 2 and len(live(shards[-2])) <= 2 * len(live(shards[-1])) <= 2 * (
             MAX_SHARD_EDITS - len(live(shards[-2]))
