@@ -27,6 +27,7 @@ from mkedit.methods.registry import build_method, check_method_options, get_meth
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
+from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.edited_model import ask as ask_view
 from mkedit.types import EditGroup
 
@@ -193,14 +194,14 @@ def ask(
         if method:
             get_method(method)
         loaded = _load(model, device, dtype)
+        device = next(loaded.model.parameters()).device
         if cache:
             edits = EditCache.load(cache, loaded.model, loaded.name)
             editor = _method_for_cache(edits, loaded, method)
-        else:
-            edits = None
-            editor = build_method(method or "lu-lafns", loaded.model, loaded.tokenizer, loaded.name)
-        device = next(loaded.model.parameters()).device
-        with editor.applied(list(edits or [])) as view:
+            with editor.applied(list(edits)) as view:
+                answers = ask_view(view, loaded.tokenizer, questions, max_new_tokens, device=device)
+        else:  # the untouched model: no method (and none of its settings) is involved
+            view = EditedModel(loaded.model, loaded.tokenizer, [])
             answers = ask_view(view, loaded.tokenizer, questions, max_new_tokens, device=device)
     except MkeditError as exc:
         raise _fail(exc) from exc
@@ -235,7 +236,7 @@ def demo(
     from mkedit.demo import run_demo
 
     try:
-        run_demo(model, console, out, device, dtype)
+        run_demo(model, console, out, device, dtype, status=err)
     except MkeditError as exc:
         raise _fail(exc) from exc
 

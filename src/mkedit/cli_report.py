@@ -18,6 +18,7 @@ from mkedit.eval.report import (
     union_langs,
     write_heatmap,
 )
+from mkedit.runtime.atomic import write_atomic
 
 REPORT_MD = "report.md"
 HEATMAP_PNG = "heatmap.png"
@@ -54,16 +55,17 @@ def report_command(
     ] = None,
 ) -> None:
     """Merge several runs' summary.json into the paper's tables (and a Figure 3 heatmap for 3+ languages)."""
-    console = Console()
+    console = Console()  # the table: the command's result
+    err = Console(stderr=True)  # errors and the files written
     try:
         markdown, summaries = merge_reports(dirs)
     except MkeditError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     console.print(console_table(summaries))
     out = out if out is not None else Path.cwd() / "mkedit-report"
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_MD).write_text(markdown, encoding="utf-8")
-    console.print(f"wrote {out / REPORT_MD}")
+    write_atomic(out / REPORT_MD, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    err.print(f"wrote {out / REPORT_MD}", highlight=False)
     if len(union_langs(summaries)) >= HEATMAP_MIN_LANGS:
-        console.print(f"wrote {write_heatmap(summaries, out / HEATMAP_PNG)}")
+        err.print(f"wrote {write_heatmap(summaries, out / HEATMAP_PNG)}", highlight=False)

@@ -39,11 +39,18 @@ def _questions(records: list[BenchmarkRecord], lang: str) -> list[tuple[str, str
 
 
 def run_demo(
-    model_name: str, console: Console, out: Path | None = None, device: str = "auto", dtype: str = "auto"
+    model_name: str,
+    console: Console,
+    out: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    status: Console | None = None,
 ) -> None:
+    """The before/after tables go to ``console``; loading, progress and notes to ``status`` (stderr)."""
+    status = status or Console(stderr=True)
     records = demo_records()
     langs = records[0].group.langs
-    with console.status(f"loading {model_name} (the first run converts the packaged model once, ~1-2 min)"):
+    with status.status(f"loading {model_name} (the first run converts the packaged model once, ~1-2 min)"):
         loaded = load_model(model_name, device=device, dtype=dtype)
     editor = LuLafnEditor(loaded.model, loaded.tokenizer, model_name=loaded.name)
     cache = editor.new_cache()
@@ -53,7 +60,7 @@ def run_demo(
         for lang, rows in prompts.items()
     }
     start = time.perf_counter()
-    with Progress(console=console) as progress:
+    with Progress(console=status) as progress:
         task = progress.add_task("editing", total=len(records))
         for record in records:
             progress.update(task, description=f"editing {record.record_id} ({', '.join(langs)})")
@@ -70,7 +77,7 @@ def run_demo(
         for (rid, kind, question), old, new in zip(rows, before[lang], after, strict=True):
             goal = targets[rid].group.request(lang).answer if kind != "unrelated" else "(unchanged)"
             mark = "" if kind == "unrelated" else (" ✓" if goal.lower() in new.answer.lower() else " ✗")
-            table.add_row(f"{rid}\n{kind}", question, old.answer, new.answer + mark, goal)
+            table.add_row(f"{rid}\n{kind}", question, old.answer or "(empty)", (new.answer or "(empty)") + mark, goal)
         console.print(table)
     console.print(
         f"{len(records)} edits on {loaded.name} in {seconds:.1f} s "
@@ -78,4 +85,4 @@ def run_demo(
     )
     if out is not None:
         cache.save(out)
-        console.print(f'edit cache saved to {out} — try: mkedit ask --model {model_name} --cache {out} "..."')
+        status.print(f'edit cache saved to {out} — try: mkedit ask --model {model_name} --cache {out} "..."')
