@@ -2,7 +2,8 @@
 
 For each cache size, synthetic edits (a made-up subject each, ΔV on ``--neurons`` random neurons of each
 of the preset's layers, stored as the method's default storage) are saved once as an ordinary cache
-folder under ``--work``. The benchmark then loads the folder (time and resident memory), times the
+folder under ``--work``. The benchmark then loads the folder (time; resident memory in a fresh
+process), times the
 subject lookup of queries without and with a cached subject, and measures greedy generation throughput
 (tokens per second, batch 1) of the bare model and of the edited model on both kinds of query, in the same
 process, interleaved, so the ratios compare like with like. Prints a table, or one JSON object with
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,13 +52,30 @@ def subject_name(n: int) -> str:
     return f"{''.join(word[:3]).capitalize()} {''.join(word[3:]).capitalize()}"
 
 
-def rss_mib() -> float:
-    """Resident memory of this process (Linux /proc; 0 elsewhere)."""
+_MEMORY_PROBE = """
+import sys
+from pathlib import Path
+def rss():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+from mkedit.runtime.cache import EditCache
+from mkedit.runtime.matcher import AutomatonMatcher
+before = rss()
+cache = EditCache.load(sys.argv[1])
+matcher = AutomatonMatcher(cache.subject_entries())
+print(rss() - before)
+"""
+
+
+def cache_memory_mib(folder: Path) -> float:
+    """Resident memory a loaded cache and its subject automaton add, measured in a fresh process: in this
+    one, memory freed by loading the model would be reused and hide it (Linux /proc; nan elsewhere)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(folder)], capture_output=True, text=True, check=False
+    )
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * 4096 / 2**20
+        return float(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return float("nan")
 
 
 def build_cache(loaded, size: int, neurons: int, folder: Path) -> float:
@@ -98,13 +117,12 @@ def tokens_per_second(generate, tokenizer, prompts: list[str], new_tokens: int) 
 def measure(loaded, size: int, folder: Path, new_tokens: int, repeats: int) -> dict[str, float]:
     model, tokenizer = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
-    memory_before = rss_mib()
     start = time.perf_counter()
     cache = EditCache.load(folder, model, loaded.name)
     view = EditedModel(model, tokenizer, cache)
     view.matcher.find("warm-up")  # builds the automaton over every subject
     load_seconds = time.perf_counter() - start
-    memory = rss_mib() - memory_before
+    memory = cache_memory_mib(folder)
     with_subject = [
         q.format(s=subject_name(n)) for q, n in zip(SUBJECT_QUERIES, (0, size // 3, size // 2, size - 1), strict=True)
     ]
