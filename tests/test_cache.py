@@ -14,10 +14,11 @@ import mkedit.runtime.shards as shards_module
 from conftest import build_tiny_model
 from mkedit.errors import CacheError
 from mkedit.models.fingerprint import model_fingerprint
+from mkedit.models.loader import sha256_file
 from mkedit.runtime.atomic import write_atomic
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
 from mkedit.runtime.deltas import neuron_deltas, neuron_tensors
-from mkedit.runtime.shards import LazyTensors, file_sha256
+from mkedit.runtime.shards import LazyTensors
 
 MODEL_NAME = "tiny-llama"
 
@@ -313,7 +314,7 @@ def test_format_2_cache_loads_and_is_rewritten_as_shards(model, tmp_path: Path) 
         "method": cache.method,
         "method_config": cache.method_config,
         "tensors_file": "deltas-0123456789abcdef.safetensors",
-        "tensors_sha256": file_sha256(folder / "deltas-0123456789abcdef.safetensors"),
+        "tensors_sha256": sha256_file(folder / "deltas-0123456789abcdef.safetensors"),
         "edits": [
             {"id": e.edit_id, "subjects": e.subjects, "tensors": sorted(e.tensors), "info": e.info} for e in cache
         ],

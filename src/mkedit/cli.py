@@ -20,13 +20,13 @@ from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, Method
 from mkedit.cli_report import report_command
 from mkedit.data import load_edit_groups
 from mkedit.errors import MkeditError
-from mkedit.eval.distributed import WorkerPool, WorkerSpec, check_workers
+from mkedit.eval.distributed import WorkerPool, WorkerSpec, check_workers, edit_or_reason
 from mkedit.methods.base import EditMethod, edit_id_for
 from mkedit.methods.config import ConfigError, parse_overrides
 from mkedit.methods.registry import build_method, check_method_options, get_method, method_names
 from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
-from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
+from mkedit.runtime.cache import INDEX_FILE, EditCache
 from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.edited_model import ask as ask_view
 from mkedit.types import EditGroup
@@ -120,7 +120,7 @@ def edit(
     todo = [g for g in groups if not _already_cached(cache, g)]
     if len(todo) < len(groups):
         err.print(f"{len(groups) - len(todo)} edit(s) already in {out}; skipping them")
-    results = pool.map_ordered("edit", todo) if pool is not None else (_edit_or_reason(editor, g) for g in todo)
+    results = pool.map_ordered("edit", todo) if pool is not None else (edit_or_reason(editor, g) for g in todo)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err) as progress:
@@ -137,13 +137,6 @@ def edit(
         if pool is not None:
             pool.close()
     typer.echo(f"{len(cache)} edit(s) in {out}")
-
-
-def _edit_or_reason(editor: EditMethod, group: EditGroup) -> tuple[Edit | None, str | None]:
-    try:
-        return editor.edit(group), None
-    except MkeditError as exc:
-        return None, str(exc)
 
 
 def _method_for_cache(cache: EditCache, loaded, method: str | None = None) -> EditMethod:

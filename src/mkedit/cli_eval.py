@@ -33,7 +33,6 @@ from mkedit.eval.runner import (
     SUMMARY_JSON,
     SUMMARY_MD,
     EvalConfig,
-    EvalConfigError,
     run_evaluation,
 )
 from mkedit.methods.config import parse_overrides
@@ -114,9 +113,7 @@ def eval_command(
             probe_templates=str(probe_templates) if probe_templates else None,
         )
         records = load_records(data, config.langs, limit, offset, config.specificity, config.probe_templates)
-        check_workers(workers, address)
-        if workers and sequential:
-            raise EvalConfigError("--workers cannot run --sequential: its edits stack, one record after another")
+        check_workers(workers, address, sequential)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),

@@ -31,6 +31,7 @@ from mkedit.eval.runner import (
     drive,
     plan_for,
 )
+from mkedit.methods.base import EditMethod
 from mkedit.methods.registry import build_method
 from mkedit.models import load_model
 from mkedit.models.fingerprint import ModelFingerprint, model_fingerprint
@@ -46,12 +47,27 @@ class RayUnavailableError(MkeditError, RuntimeError):
     """``--workers`` was asked for, but Ray is not installed."""
 
 
-def check_workers(workers: int, address: str | None) -> None:
-    """Fail before anything loads: ``--address`` without workers, or workers without Ray."""
+def check_workers(workers: int, address: str | None, sequential: bool = False) -> None:
+    """Fail before anything loads: ``--address`` without workers, workers for a sequential run, or workers
+    without Ray."""
     if address and not workers:
         raise EvalConfigError("--address joins a Ray cluster for --workers; give --workers N too")
     if workers:
+        _refuse_sequential(sequential)
         require_ray()
+
+
+def _refuse_sequential(sequential: bool) -> None:
+    if sequential:
+        raise EvalConfigError("--workers cannot run --sequential: its edits stack, one record after another")
+
+
+def edit_or_reason(method: EditMethod, group: EditGroup) -> tuple[Edit | None, str | None]:
+    """The group's edit, or None and why (an edit that cannot be made is not an error of a bulk edit)."""
+    try:
+        return method.edit(group), None
+    except MkeditError as exc:
+        return None, str(exc)
 
 
 def require_ray() -> Any:
@@ -111,11 +127,7 @@ class ModelWorker:
         return fingerprint, self.method.name, self.method.config.to_dict()
 
     def edit(self, group: EditGroup) -> tuple[Edit | None, str | None]:
-        """The group's edit, or None and why (an edit that cannot be made is not an error of the run)."""
-        try:
-            return self.method.edit(group), None
-        except MkeditError as exc:
-            return None, str(exc)
+        return edit_or_reason(self.method, group)
 
 
 class WorkerPool:
@@ -182,8 +194,7 @@ class PoolEvaluator:
     """:class:`~mkedit.eval.runner.Evaluator` over a pool: records go to the workers, rows come back in order."""
 
     def __init__(self, pool: WorkerPool, config: EvalConfig, plan: EvalPlan) -> None:
-        if config.sequential:
-            raise EvalConfigError("--workers cannot run --sequential: its edits stack, one record after another")
+        _refuse_sequential(config.sequential)
         self.pool = pool
         infos = pool.call_all("start_evaluation", config, plan)
         if any(info != infos[0] for info in infos[1:]):

@@ -15,7 +15,6 @@ Reading maps a shard (``safe_open``) and copies an edit's tensors out only when 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,20 +26,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mkedit.errors import CacheError
+from mkedit.models.loader import sha256_file
 from mkedit.runtime.atomic import write_atomic
 
 SHARD_PREFIX = "deltas-"
 RECORDS_KEY = "mkedit/records"
-_HASH_CHUNK = 16 * 1024 * 1024
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (a shard may be larger than memory should hold)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ShardReader:
@@ -49,7 +39,7 @@ class ShardReader:
     def __init__(self, path: Path, sha256: str, verify: bool = True) -> None:
         if not path.is_file():
             raise CacheError(f"{path.parent}: tensors file {path.name} named by the index is missing")
-        if verify and file_sha256(path) != sha256:
+        if verify and sha256_file(path) != sha256:
             raise CacheError(f"{path} is corrupt: its sha256 differs from the one recorded in the index")
         self.path = path
         self.sha256 = sha256
@@ -123,7 +113,7 @@ def write_shard(folder: Path, edits: Sequence[StoredEdit]) -> tuple[str, str]:
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
-        digest["sha"] = file_sha256(tmp)
+        digest["sha"] = sha256_file(tmp)
 
     staging = folder / f"{SHARD_PREFIX}staging.safetensors"
     write_atomic(staging, write)

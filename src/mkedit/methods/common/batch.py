@@ -11,6 +11,7 @@ locate-then-edit methods read their key.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,6 +190,12 @@ def to_tensor_batch(
     )
 
 
+@functools.cache
+def _takes_position_ids(model_class: type) -> bool:
+    """BLOOM has no position ids (ALiBi reads the attention mask); the other families take them."""
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
 def _inputs(
     adapter: FFNAdapter, batch: TensorBatch, columns: slice, past: Any = None, use_cache: bool = False
 ) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def _inputs(
     }
     if past is not None:
         inputs["cache"] = past
-    if batch.position_ids is not None and "position_ids" in inspect.signature(adapter.base_model.forward).parameters:
+    if batch.position_ids is not None and _takes_position_ids(type(adapter.base_model)):
         inputs["position_ids"] = batch.position_ids[:, columns]
     return inputs
 
