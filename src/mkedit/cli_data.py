@@ -60,21 +60,46 @@ def check(
         float, typer.Option("--min-score", min=0, max=100, help="Approximate-match threshold (0-100).")
     ] = DEFAULT_MIN_SCORE,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report instead.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with code 1 when any problem is found: a subject not placed in a checked field, or a "
+            "language with no records. Without it the check only reports (exit code 0).",
+        ),
+    ] = False,
 ) -> None:
-    """Load FILE and count, per language, where each subject is found in its questions."""
+    """Load FILE and count, per language, where each subject is found in its questions.
+
+    The exit code is 0 whatever the counts unless --strict is given (then 1 when a problem is found);
+    a file that cannot be read is always an error (exit code 1, message on stderr).
+    """
     codes = _split_langs(langs)
     err = Console(stderr=True)
     try:
         records = load_records(file, langs=codes, limit=limit)
         report = check_records(records, langs=codes, min_score=min_score)
     except (MkeditError, ValueError) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from exc
     if as_json:
         payload = {"file": str(file), "records": len(records), **report.to_dict()}
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
-        return
-    console = Console()
-    console.print(f"{file}: {len(records)} records", markup=False, highlight=False, soft_wrap=True)
-    console.print(render_report(report))
-    _print_unplaced(console, report)
+    else:
+        console = Console()
+        console.print(f"{file}: {len(records)} records", markup=False, highlight=False, soft_wrap=True)
+        console.print(render_report(report))
+        _print_unplaced(console, report)
+    if strict and (problems := _problems(report)):
+        err.print(f"error: {'; '.join(problems)} (--strict)", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+def _problems(report: DataCheckReport) -> list[str]:
+    """What ``--strict`` fails on: subjects that cannot be placed, languages without records."""
+    problems = []
+    if report.unplaced:
+        problems.append(f"{len(report.unplaced)} record field(s) whose subject was not found")
+    if empty := [code for code, check in report.languages.items() if check.records == 0]:
+        problems.append(f"no records in {', '.join(empty)}")
+    return problems

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from mkedit.cli_interrupt import resumable, saved_records
 from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
@@ -45,6 +47,7 @@ def _split(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
+@resumable(lambda kwargs: saved_records(kwargs.get("out")))
 def eval_command(
     data: Annotated[Path, typer.Option("--data", help="Benchmark file (MzsRE, Bi-ZsRE or an mkedit edit file)")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (created; an existing one is resumed)")],
@@ -89,7 +92,8 @@ def eval_command(
     """Evaluate an editing method on a benchmark: the paper's four metrics (F1/EM) and generation scores.
 
     Results are appended to OUT/records.jsonl as each record finishes, so running the same command again
-    resumes an interrupted run. Writes OUT/summary.json, OUT/summary.md and, for 3+ languages, a heatmap.
+    resumes an interrupted run (Ctrl-C says how many records were saved, exit code 130). Writes
+    OUT/summary.json, OUT/summary.md and, for 3+ languages, a heatmap.
     """
     console = Console()  # results: the table and the summary line
     err = Console(stderr=True)  # status, progress, warnings, errors
@@ -147,7 +151,7 @@ def eval_command(
                     loaded.model, loaded.tokenizer, loaded.name, records, config, out, editor, progress=on_progress
                 )
     except MkeditError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from exc
     console.print(console_table([summary]))
     for lang, ids in summary["not_edited"].items():

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mkedit.errors import MkeditError
@@ -22,6 +23,7 @@ from mkedit.runtime.atomic import write_atomic
 
 REPORT_MD = "report.md"
 HEATMAP_PNG = "heatmap.png"
+DEFAULT_REPORT_DIR = "report"  # inside the run directory, when only one is given
 
 
 def _fmt(value: float | None) -> str:
@@ -51,19 +53,29 @@ def report_command(
     dirs: Annotated[list[Path], typer.Argument(help="Run directories, each holding a summary.json.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Where to write report.md (+ heatmap.png). Default: ./mkedit-report/"),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for report.md (+ heatmap.png). Default with one DIR: DIR/report/; required with several.",
+        ),
     ] = None,
 ) -> None:
-    """Merge several runs' summary.json into the paper's tables (and a Figure 3 heatmap for 3+ languages)."""
+    """Merge several runs' summary.json into the paper's tables (and a Figure 3 heatmap for 3+ languages).
+
+    Nothing is written to the current folder unasked: the report goes to --out, by default DIR/report/ for a
+    single run; with several runs --out is required.
+    """
     console = Console()  # the table: the command's result
     err = Console(stderr=True)  # errors and the files written
     try:
+        if out is None and len(dirs) > 1:
+            raise MkeditError(f"give --out FOLDER: with {len(dirs)} run directories there is no default report folder")
         markdown, summaries = merge_reports(dirs)
     except MkeditError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from exc
     console.print(console_table(summaries))
-    out = out if out is not None else Path.cwd() / "mkedit-report"
+    out = out if out is not None else dirs[0] / DEFAULT_REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / REPORT_MD, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     err.print(f"wrote {out / REPORT_MD}", highlight=False)

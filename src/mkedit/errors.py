@@ -23,9 +23,17 @@ class ModelNotAvailableError(MkeditError, RuntimeError):
     """A packaged model whose pip packages are missing, or a model path that does not exist."""
 
 
+class ModelLoadError(ModelNotAvailableError):
+    """A model path that exists but holds no loadable model: a ``.gguf`` that is not GGUF, a folder without weights."""
+
+
 class CacheError(MkeditError, RuntimeError):
     """An edit cache that is corrupt, incomplete or written for another model."""
 
 
 class DataFormatError(MkeditError, ValueError):
     """A malformed edit or benchmark file; the message names the file, record and field."""
+
+
+class NothingToEditError(MkeditError, ValueError):
+    """An edit run in which no group could be edited (every one skipped), so no edit cache was written."""

@@ -9,7 +9,7 @@ themselves in a plain FFN, ``act_fn(h W1) * (h W2)`` in a gated one).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -118,6 +118,8 @@ class FFNAdapter(ABC):
 
     def site_module(self, layer: int, site: NeuronSite) -> tuple[nn.Module, Literal["output", "input"]]:
         """Where a neuron-space update for ``site`` is added: (module, which side of its forward)."""
+        if site not in get_args(NeuronSite):  # an unknown site must not move the updates silently
+            raise ValueError(f"unknown neuron site {site!r}; known: {', '.join(get_args(NeuronSite))}")
         if site == "act_fn" or not self.gated:
             return self.activation_module(layer), "output"
         return self.down_proj_module(layer), "input"

@@ -31,12 +31,13 @@ from mkedit.eval.runner import (
     drive,
     plan_for,
 )
+from mkedit.facts import FactPlan
 from mkedit.methods.base import EditMethod
 from mkedit.methods.registry import build_method
 from mkedit.models import load_model
 from mkedit.models.fingerprint import ModelFingerprint, model_fingerprint
 from mkedit.runtime.cache import Edit
-from mkedit.types import BenchmarkRecord, EditGroup
+from mkedit.types import BenchmarkRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ def _refuse_sequential(sequential: bool) -> None:
         raise EvalConfigError("--workers cannot run --sequential: its edits stack, one record after another")
 
 
-def edit_or_reason(method: EditMethod, group: EditGroup) -> tuple[Edit | None, str | None]:
-    """The group's edit, or None and why (an edit that cannot be made is not an error of a bulk edit)."""
+def edit_or_reason(method: EditMethod, plan: FactPlan) -> tuple[Edit | None, str | None]:
+    """The plan's edit, or None and why (an edit that cannot be made is not an error of a bulk edit)."""
     try:
-        return method.edit(group), None
+        return method.edit_facts(plan.facts, plan.edit_id), None
     except MkeditError as exc:
         return None, str(exc)
 
@@ -126,8 +127,8 @@ class ModelWorker:
         fingerprint = model_fingerprint(self.loaded.model, self.loaded.name, rounding)
         return fingerprint, self.method.name, self.method.config.to_dict()
 
-    def edit(self, group: EditGroup) -> tuple[Edit | None, str | None]:
-        return edit_or_reason(self.method, group)
+    def edit(self, plan: FactPlan) -> tuple[Edit | None, str | None]:
+        return edit_or_reason(self.method, plan)
 
 
 class WorkerPool:
@@ -215,6 +216,9 @@ class PoolEvaluator:
 
     def one_off_seconds(self) -> float | None:
         return self.pool.call_all("one_off_seconds")[0]
+
+    def retention(self, records: Sequence[BenchmarkRecord], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        raise MkeditError("retention is measured in sequential runs, which run in one process (no --workers)")
 
 
 def run_distributed_evaluation(

@@ -68,6 +68,8 @@ from mkedit.eval.report import (
     write_heatmap,
     write_json_atomic,
 )
+from mkedit.eval.retention import append_retention, checkpoints, measure_retention, read_retention, retention_markdown
+from mkedit.facts import FactPlan, FactStore, RelationJudge
 from mkedit.methods.base import EditMethod
 from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.view import EditedView, ModelView
@@ -558,6 +560,7 @@ class RecordEvaluator:
         self.cache = method.new_cache()
         self.base = Scorer(ModelView(model), tokenizer, config, next(model.parameters()).device)
         self.guard: WeightGuard | None = None  # taken after prepare(), which may build things on the model
+        self.judge = RelationJudge()  # sequential runs: does a record's fact replace an earlier one
 
     def run_info(self) -> dict[str, Any]:
         return _run_info(self.config, self.model, self.model_name, self.plan, self.cache, self.method.matcher_info())
@@ -578,7 +581,8 @@ class RecordEvaluator:
     def evaluate(self, record: BenchmarkRecord) -> dict[str, Any]:
         if self.guard is None:
             self.guard = WeightGuard(self.model, self.method.name)
-        return _evaluate_record(record, self.plan, self.config, self.method, self.cache, self.base, self.guard)
+        store = FactStore(self.method, self.cache, self.judge)
+        return _evaluate_record(record, self.plan, self.config, store, self.base, self.guard)
 
     def rows(self, records: Sequence[BenchmarkRecord], out_dir: Path) -> Iterator[dict[str, Any]]:
         """Each record's row, in order; sequential runs save the growing cache before yielding the row
@@ -592,6 +596,12 @@ class RecordEvaluator:
     def one_off_seconds(self) -> float | None:
         return self.method.one_off_seconds()
 
+    def retention(self, records: Sequence[BenchmarkRecord], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Sequential runs: ``records`` done so far scored again with the cache as it is now."""
+        with self.method.applied(list(self.cache)) as view:
+            scorer = Scorer(view, self.base.tokenizer, self.config, self.base.device)
+            return measure_retention(records, rows, self.plan.test_langs, self.cache, scorer.predict, scorer.tokenizer)
+
 
 class Evaluator(Protocol):
     """What :func:`drive` needs from whoever evaluates: one process (:class:`RecordEvaluator`) or a pool."""
@@ -601,6 +611,7 @@ class Evaluator(Protocol):
     def prepare(self) -> float: ...
     def rows(self, records: Sequence[BenchmarkRecord], out_dir: Path) -> Iterator[dict[str, Any]]: ...
     def one_off_seconds(self) -> float | None: ...
+    def retention(self, records: Sequence[BenchmarkRecord], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]: ...
 
 
 def drive(
@@ -626,16 +637,29 @@ def drive(
     if len(todo) < len(records):
         log.info("resuming %s: %d of %d record(s) already done", out_dir, len(records) - len(todo), len(records))
     prepare_seconds = evaluator.prepare() if todo else 0.0
+    retention = read_retention(out_dir) if config.sequential else []
+    marks = set(checkpoints(len(records))) if config.sequential else set()
+    selected = {r.record_id: r for r in records}
+
+    def measure_if_due() -> None:
+        done = [row for row in existing if row["record_id"] in selected]
+        if len(done) in marks and all(p["after_records"] != len(done) for p in retention):
+            point = evaluator.retention([selected[row["record_id"]] for row in done], done)
+            append_retention(out_dir, point)
+            retention.append(point)
+
     if progress is not None:
         progress(0, len(todo), "")
     with open(records_path, "a", encoding="utf-8") as fh:
         for index, row in enumerate(evaluator.rows(todo, out_dir), start=1):
             _append_row(fh, row)
             existing.append(row)
+            measure_if_due()
             if progress is not None:
                 progress(index, len(todo), row["record_id"])
+    measure_if_due()  # a resumed run whose last checkpoint was not reached before it stopped
     one_off = evaluator.one_off_seconds()
-    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds, one_off)
+    return write_summary(out_dir, existing, records, plan, config, model_name, prepare_seconds, one_off, retention)
 
 
 def run_evaluation(
@@ -679,9 +703,15 @@ def _placements(group: EditGroup) -> dict[str, SubjectSpan | None]:
 
 
 def _compute_edit(
-    method: EditMethod, group: EditGroup, placed: Mapping[str, SubjectSpan | None], not_edited: dict[str, str]
-) -> Edit | None:
-    """The unit's edit, or None (its languages then answer with nothing of theirs in force).
+    method: EditMethod,
+    group: EditGroup,
+    placed: Mapping[str, SubjectSpan | None],
+    not_edited: dict[str, str],
+    store: FactStore,
+    in_force: Sequence[Edit],
+) -> tuple[FactPlan, Edit] | None:
+    """The unit's fact plan and edit (computed with ``in_force`` applied, less the edits it supersedes),
+    or None (its languages then answer with nothing of theirs in force).
 
     Languages whose subject cannot be placed are left out of the group for methods that work at the
     subject's tokens; an edit that cannot be made at all is recorded in ``not_edited`` with its reason.
@@ -694,8 +724,10 @@ def _compute_edit(
         if not langs:
             return None
         group = group.restrict(langs)
+    plan = store.plan(group)
     try:
-        return method.edit(group)
+        with method.applied([e for e in in_force if e.edit_id not in plan.drop]):
+            return plan, store.compute(plan)
     except MkeditError as exc:
         log.warning("record %s, languages %s: no edit: %s", group.group_id, group.langs, exc)
         for lang in group.langs:
@@ -707,13 +739,13 @@ def _evaluate_record(
     record: BenchmarkRecord,
     plan: EvalPlan,
     config: EvalConfig,
-    method: EditMethod,
-    cache: EditCache,
+    store: FactStore,
     base: Scorer,
     guard: WeightGuard,
 ) -> dict[str, Any]:
     """Edit, evaluate and package one record's row. Every record is scored: a language that cannot be
     edited answers with nothing of its own in force, and the row says why (``not_edited``)."""
+    method, cache = store.method, store.cache
     started = time.perf_counter()
     # Pre-edit references first, with nothing in force and before any edit of this record is computed.
     pre = pre_predictions(record, plan.test_langs, base)
@@ -721,26 +753,30 @@ def _evaluate_record(
     # Every edit of the record next: a failure then leaves the cache untouched (no half-applied record in
     # sequential mode). In sequential mode earlier edits are in force while the new one is computed.
     earlier = list(cache) if config.sequential else []
-    edits: list[tuple[Edit | None, float]] = []
+    edits: list[tuple[tuple[FactPlan, Edit] | None, float]] = []
     placement: dict[str, dict[str, Any]] = {}
     not_edited: dict[str, str] = {}
-    with method.applied(earlier):
-        for edited_langs, _ in plan.units:
-            group = _group_for(record, edited_langs, config.setting)
-            placed = _placements(group)
-            for lang, span in placed.items():
-                placement[lang] = {"kind": placement_kind(span), "surface": span.surface if span else None}
-            start = time.perf_counter()
-            edits.append((_compute_edit(method, group, placed, not_edited), time.perf_counter() - start))
+    for edited_langs, _ in plan.units:
+        group = _group_for(record, edited_langs, config.setting)
+        placed = _placements(group)
+        for lang, span in placed.items():
+            placement[lang] = {"kind": placement_kind(span), "surface": span.surface if span else None}
+        start = time.perf_counter()
+        computed = _compute_edit(method, group, placed, not_edited, store, earlier)
+        edits.append((computed, time.perf_counter() - start))
     guard.check("after edit()")
     scores: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     replaced: list[str] = []
+    beside: list[str] = []
     edit_info = []
     cache_size = len(cache)
-    for (edited_langs, tested), (edit, seconds) in zip(plan.units, edits, strict=True):
-        if edit is not None:
-            replaced += cache.add(edit)
+    for (edited_langs, tested), (computed, seconds) in zip(plan.units, edits, strict=True):
+        edit = computed[1] if computed is not None else None
+        if computed is not None:
+            update = store.commit(*computed)
+            replaced += update.replaced
+            beside += update.kept
         in_force = list(cache) if config.sequential else [edit] if edit is not None else []
         with method.applied(in_force) as view:
             unit_scores, unit_outputs = score_record(
@@ -751,7 +787,8 @@ def _evaluate_record(
         outputs.update(unit_outputs)
         if edit is not None:
             langs = [lang for lang in edited_langs if lang not in not_edited]
-            edit_info.append({"edit_id": edit.edit_id, "langs": langs, "seconds": seconds})
+            fact_id = computed[0].fact_id if computed is not None else edit.edit_id
+            edit_info.append({"edit_id": edit.edit_id, "fact_id": fact_id, "langs": langs, "seconds": seconds})
             cache_size = len(cache)
             if not config.sequential:
                 cache.remove(edit.edit_id)
@@ -769,7 +806,9 @@ def _evaluate_record(
     if not_edited:
         row["not_edited"] = not_edited
     if replaced:
-        row["replaced"] = replaced
+        row["replaced"] = replaced  # facts of earlier records this record's fact contradicts
+    if beside:
+        row["beside"] = beside  # facts of earlier records about its subject (other relations) kept with it
     return row
 
 
@@ -825,8 +864,10 @@ def write_summary(
     model_name: str,
     prepare_seconds: float | None = None,
     one_off_seconds: float | None = None,
+    retention: Sequence[Mapping[str, Any]] = (),
 ) -> Summary:
-    """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``.
+    """``summary.json``, ``summary.md`` (+ heatmap) over this call's records that are in ``rows``; sequential
+    runs add their ``retention`` checkpoints (:mod:`mkedit.eval.retention`).
     ``prepare_seconds``: the method's one-off preparation (statistics) in this call, 0 when cached;
     ``one_off_seconds``: what that preparation cost when it was done (see ``EditMethod.one_off_seconds``)."""
     by_id = {row["record_id"]: row for row in rows}
@@ -854,6 +895,7 @@ def write_summary(
         summary["sequential_curve"] = sequential_curve(
             in_run_order, test_langs, config.curve_every, config.method, model_name, config.setting
         )
+        summary["retention"] = sorted(retention, key=lambda point: point["after_records"])
     write_json_atomic(out_dir / SUMMARY_JSON, summary)
     (out_dir / SUMMARY_MD).write_text(_markdown(summary), encoding="utf-8")
     if len(test_langs) >= HEATMAP_MIN_LANGS:
@@ -923,4 +965,6 @@ def _markdown(summary: Summary) -> str:
             f"| {p['n_records']} | {p['cache_size']} | {_fmt(p['avg'])} | {_fmt(p['window_avg'])} |"
             for p in summary["sequential_curve"]
         ]
+    if summary.get("retention"):
+        parts += retention_markdown(summary["retention"], summary["langs"])
     return "\n".join(parts) + "\n"

@@ -8,7 +8,6 @@ on exit, leaves the model bit-identical to before. Edits are plain data (tensors
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mkedit.arch import FFNAdapter, get_adapter
 from mkedit.errors import MkeditError
+from mkedit.facts.records import edit_id_for, fact_record
 from mkedit.methods.common.prefixes import sample_prefixes
 from mkedit.methods.config import ConfigError, MethodConfig
 from mkedit.methods.view import EditedView
@@ -32,22 +32,9 @@ log = logging.getLogger(__name__)
 ConfigT = TypeVar("ConfigT", bound=MethodConfig)
 
 
-def edit_id_for(group: EditGroup) -> str:
-    """The group's own id, else a short hash of its subjects and answers (stable across runs)."""
-    if group.group_id:
-        return group.group_id
-    key = "|".join(f"{r.lang}:{r.subject}:{r.answer}" for r in group.requests)
-    return "edit-" + hashlib.sha1(key.encode()).hexdigest()[:10]
-
-
 def group_info(group: EditGroup) -> dict[str, Any]:
-    """The JSON facts every edit records about its group (the cache, ``ask`` and ReMaKE's memory read them)."""
-    return {
-        "langs": group.langs,
-        "subjects": {r.lang: r.subject for r in group.requests},
-        "questions": {r.lang: r.question for r in group.requests},
-        "answers": {r.lang: r.answer for r in group.requests},
-    }
+    """The JSON facts every edit records about its group (:func:`mkedit.facts.fact_record`)."""
+    return fact_record(group, edit_id_for(group))
 
 
 class EditMethod(ABC, Generic[ConfigT]):
@@ -61,6 +48,9 @@ class EditMethod(ABC, Generic[ConfigT]):
     needs_subject_position: ClassVar[bool] = False
     """True when an edit works at the subject's tokens (LU-LAFNs, the locate-then-edit methods): a language
     whose question does not name the subject placeably cannot be edited, and is left out of the group."""
+    facts_share_edit: ClassVar[bool] = False
+    """True when an edit acts wherever its subject occurs (LU-LAFNs): all the facts about a subject then
+    live in one edit, computed by :meth:`edit_facts` on all of them (:mod:`mkedit.facts.store`)."""
 
     def __init__(
         self,
@@ -127,6 +117,15 @@ class EditMethod(ABC, Generic[ConfigT]):
     @abstractmethod
     def edit(self, group: EditGroup) -> Edit:
         """Compute the edit for ``group``; the model's weights are the same afterwards."""
+
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str) -> Edit:
+        """One edit holding every fact of ``groups`` (about one subject), named ``edit_id``. Methods whose
+        edits of one subject coexist (``facts_share_edit`` False) hold one fact per edit."""
+        if len(groups) != 1:
+            raise ValueError(f"{self.name} holds one fact per edit, got {len(groups)}")
+        edit = self.edit(groups[0])
+        edit.edit_id = edit_id
+        return edit
 
     @abstractmethod
     def applied(self, edits: Sequence[Edit]) -> AbstractContextManager[EditedView]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from mkedit.errors import ModelNotAvailableError
+from mkedit.errors import MkeditError, ModelLoadError, ModelNotAvailableError
 from mkedit.models.device import resolve_device, resolve_dtype
 from mkedit.models.registry import PACKAGED_MODELS, get_packaged, locate_parts, pip_install_line
 
@@ -250,6 +250,40 @@ def ensure_converted(short_name: str, *, progress: Progress | None = None) -> Pa
         shutil.rmtree(gguf_dir, ignore_errors=True)
 
 
+GGUF_MAGIC = b"GGUF"
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _check_gguf_magic(path: Path, shown: str) -> None:
+    """Refuse a ``.gguf`` file that does not start with the GGUF magic bytes, before hashing or converting it."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ModelLoadError(f"{shown} cannot be read: {exc.strerror or exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{shown} is not a GGUF file (bad magic: starts with {magic!r}, expected {GGUF_MAGIC!r})")
+
+
+def _check_model_folder(folder: Path, shown: str) -> None:
+    """Refuse a folder that holds no Hugging Face model (config.json and weights) or no tokenizer files, with
+    a message saying what was expected instead of the tokenizer converter's."""
+    weights = any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
+    if not ((folder / "config.json").is_file() and weights):
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = f" (it holds {ggufs[0]}: pass that file as --model)" if ggufs else ""
+        raise ModelLoadError(
+            f"{shown} has no model: expected config.json with model weights (*.safetensors / *.bin) "
+            f"or a .gguf file{hint}"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{shown} has no tokenizer: expected tokenizer.json (or tokenizer_config.json with its vocabulary "
+            "files) beside config.json"
+        )
+
+
 def _load_gguf_file(path: Path, progress: Progress | None) -> Path:
     """Convert a local GGUF file once, cached by its sha256, and return the safetensors folder."""
     _say(progress, f"hashing {path}")
@@ -258,7 +292,12 @@ def _load_gguf_file(path: Path, progress: Progress | None) -> Path:
     if is_converted(target, digest):
         return target
     _remove_stale_work_dirs(target.parent)
-    return convert_gguf(path, target, source_sha256=digest, label=path.name, progress=progress)
+    try:
+        return convert_gguf(path, target, source_sha256=digest, label=path.name, progress=progress)
+    except (ValueError, OSError, KeyError, IndexError) as exc:
+        if isinstance(exc, MkeditError):
+            raise
+        raise ModelLoadError(f"{path} is not a GGUF model transformers can read: {exc}") from exc
 
 
 def _looks_like_path(name: str) -> bool:
@@ -333,10 +372,12 @@ def load_model(
         _say(progress, f"{name_or_path}: loading from {folder}")
         model, tokenizer = _from_folder(folder, dtype)
     elif path.is_file() and path.suffix == ".gguf":
+        _check_gguf_magic(path, name_or_path)
         folder = _load_gguf_file(path, progress)
         _say(progress, f"{path.name}: loading from {folder}")
         model, tokenizer = _from_folder(folder, dtype)
     elif path.is_dir():
+        _check_model_folder(path, name_or_path)
         _say(progress, f"loading {path}")
         model, tokenizer = _from_folder(path, dtype)
     elif path.exists() or _looks_like_path(name_or_path):

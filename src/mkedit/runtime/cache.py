@@ -27,6 +27,7 @@ from torch import nn
 from mkedit.errors import CacheError
 from mkedit.models.fingerprint import ModelFingerprint, model_fingerprint
 from mkedit.runtime.atomic import write_json_atomic
+from mkedit.runtime.cache_schema import check_index, check_record
 from mkedit.runtime.shards import SHARD_PREFIX, LazyTensors, ShardReader, StoredEdit, write_shard
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class EditCache:
         self.method = method
         self.method_config = method_config
         self._edits: dict[str, Edit] = {}
-        self._owner: dict[str, str] = {}  # subject surface -> edit id
+        self._owners: dict[str, list[str]] = {}  # subject surface -> ids of the edits holding it
         self.version = 0  # bumped on every change, so views of the cache know to refresh
         # The folder the cache was loaded from or last saved to, its shards, and the shard holding the
         # live copy of each edit already there (edits added since are not in it).
@@ -98,12 +99,14 @@ class EditCache:
             raise KeyError(f"no edit {edit_id!r} in the cache")
         return self._edits[edit_id]
 
-    def add(self, edit: Edit) -> list[str]:
-        """Add ``edit``; edits sharing a subject with it (or its id) are replaced. Returns their ids."""
+    def add(self, edit: Edit, replace_subjects: bool = True) -> list[str]:
+        """Add ``edit``; an edit with its id, and with ``replace_subjects`` the edits sharing a subject form
+        with it, are replaced. Returns their ids. (:class:`mkedit.facts.FactStore` decides which facts of a
+        subject stay: use it to add facts.)"""
         if edit.method and edit.method != self.method:
             raise CacheError(f"cannot add a {edit.method} edit to a {self.method} cache")
         new_surfaces = edit.surfaces()
-        replaced = {self._owner[s] for s in new_surfaces if s in self._owner}
+        replaced = {i for s in new_surfaces for i in self._owners.get(s, ())} if replace_subjects else set()
         if edit.edit_id in self._edits:
             replaced.add(edit.edit_id)
         order = {edit_id: n for n, edit_id in enumerate(self._edits)} if replaced else {}
@@ -112,7 +115,7 @@ class EditCache:
             log.warning("edit %s replaces cached edit %s (shared subjects: %s)", edit.edit_id, old_id, shared)
             self._drop(old_id)
         self._edits[edit.edit_id] = edit
-        self._owner.update(dict.fromkeys(new_surfaces, edit.edit_id))
+        self._own(edit)
         self.version += 1
         return sorted(replaced, key=order.__getitem__)
 
@@ -125,9 +128,15 @@ class EditCache:
         edit = self._edits.pop(edit_id)
         self._stored.pop(edit_id, None)
         for surface in edit.surfaces():
-            if self._owner.get(surface) == edit_id:
-                del self._owner[surface]
+            owners = self._owners[surface]
+            owners.remove(edit_id)
+            if not owners:
+                del self._owners[surface]
         return edit
+
+    def _own(self, edit: Edit) -> None:
+        for surface in edit.surfaces():
+            self._owners.setdefault(surface, []).append(edit.edit_id)
 
     def subject_entries(self) -> list[tuple[str, str]]:
         """(surface form, edit id) pairs for a subject matcher."""
@@ -216,6 +225,7 @@ class EditCache:
             raise CacheError(
                 f"{index_path} has cache format version {index.get('version')}, this mkedit reads {READABLE_VERSIONS}"
             )
+        check_index(index, index_path)
         try:
             fingerprint = ModelFingerprint.from_dict(index["model"])
             cache = cls(fingerprint, index["method"], index["method_config"])
@@ -253,6 +263,7 @@ class EditCache:
 
     def _read_record(self, record: Any, reader: ShardReader, removed: Callable[[str], bool] | None = None) -> str:
         """Add the edit a record describes (unless ``removed(id)``: a removed copy); returns its id."""
+        check_record(record, reader.path.parent)
         try:
             edit_id = record["id"]
             names = list(record["tensors"])
@@ -262,7 +273,7 @@ class EditCache:
                 tensors = LazyTensors(reader, f"{edit_id}/", names)
                 edit = Edit(edit_id, dict(record["subjects"]), tensors, record.get("info", {}), self.method)
                 self._edits[edit_id] = edit
-                self._owner.update(dict.fromkeys(edit.surfaces(), edit_id))
+                self._own(edit)
             return edit_id
         except (KeyError, TypeError, AttributeError) as exc:
             raise CacheError(f"{reader.path.parent}: edit record {record!r:.80} is malformed ({exc})") from exc

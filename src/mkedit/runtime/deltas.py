@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from mkedit.errors import CacheError
 from mkedit.runtime.cache import Edit
 
 ValueDtype = Literal["float32", "float16", "bfloat16", "int8", "int4"]
@@ -89,22 +90,66 @@ def neuron_tensors(
     return out
 
 
-def neuron_deltas(edit: Edit) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """The inverse of :func:`neuron_tensors`: layer -> (indices [k] long, values [k] float32)."""
+def neuron_deltas(
+    edit: Edit, n_layers: int | None = None, width: int | None = None
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The inverse of :func:`neuron_tensors`: layer -> (indices [k] long, values [k] float32).
+
+    Stored tensors are checked as they are decoded (a cache's tensors are read lazily, on first use): a
+    negative layer or neuron index, or indices and values of different lengths, is a CacheError naming the
+    edit; so is a layer >= ``n_layers`` or a neuron >= ``width`` (the model's FFN width), when given.
+    """
     tensors = edit.tensors
-    layers = sorted({int(prefix) for name in tensors if (prefix := name.split("/", 1)[0]).isdigit()})
+
+    def bad(problem: str) -> CacheError:
+        return CacheError(f"edit {edit.edit_id!r}: {problem}; the edit cache is damaged or was edited by hand")
+
+    prefixes = {name.split("/", 1)[0] for name in tensors if "/" in name}
+    if negative := sorted(p for p in prefixes if p.startswith("-") and p[1:].isdecimal() and p.isascii()):
+        raise bad(f"negative layer index {negative[0]} in its tensor names")
+    layers = sorted(int(prefix) for prefix in prefixes if prefix.isdecimal() and prefix.isascii())
     out = {}
     for layer in layers:
-        if f"{layer}/mask" in tensors:
-            idx = torch.nonzero(_unpack_bits(tensors[f"{layer}/mask"])).flatten()
-        else:
-            idx = tensors[f"{layer}/idx"].long()
-        if f"{layer}/val4" in tensors:
-            packed = tensors[f"{layer}/val4"]
-            val = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: idx.numel()].float() - 7
-        else:
-            val = tensors[f"{layer}/val"].float()
-        if f"{layer}/scale" in tensors:
-            val = val * tensors[f"{layer}/scale"].float()
+        if n_layers is not None and layer >= n_layers:
+            raise bad(f"layer {layer} is out of range for a {n_layers}-layer model")
+        try:
+            if f"{layer}/mask" in tensors:
+                idx = torch.nonzero(_unpack_bits(_stored(tensors, f"{layer}/mask", uint8=True))).flatten()
+            else:
+                idx = _stored(tensors, f"{layer}/idx", integer=True).long()
+            if f"{layer}/val4" in tensors:
+                packed = _stored(tensors, f"{layer}/val4", uint8=True)
+                if packed.numel() != -(-idx.numel() // 2):
+                    raise ValueError(f"{packed.numel()} packed int4 bytes for {idx.numel()} neuron indices")
+                val = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: idx.numel()].float() - 7
+            else:
+                val = _stored(tensors, f"{layer}/val").float()
+            if f"{layer}/scale" in tensors:
+                scale = _stored(tensors, f"{layer}/scale")
+                if scale.numel() != 1:
+                    raise ValueError(f"{layer}/scale holds {scale.numel()} values, not 1")
+                val = val * scale.float()
+        except (KeyError, ValueError) as exc:
+            raise bad(f"layer {layer}: {exc.args[0] if exc.args else exc}") from exc
+        if idx.numel() != val.numel():
+            raise bad(f"layer {layer} has {idx.numel()} neuron indices but {val.numel()} values")
+        if idx.numel() and int(idx.min()) < 0:
+            raise bad(f"layer {layer} has a negative neuron index ({int(idx.min())})")
+        if width is not None and idx.numel() and int(idx.max()) >= width:
+            raise bad(f"layer {layer} has neuron index {int(idx.max())}, out of range for an FFN of {width} neurons")
         out[layer] = (idx, val)
     return out
+
+
+def _stored(tensors: Mapping[str, torch.Tensor], name: str, integer: bool = False, uint8: bool = False) -> torch.Tensor:
+    """``tensors[name]``, which must be one-dimensional (integer-typed or uint8 when asked)."""
+    if name not in tensors:
+        raise KeyError(f"tensor {name} is missing")
+    tensor = tensors[name]
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} has shape {list(tensor.shape)}, expected one dimension")
+    if uint8 and tensor.dtype != torch.uint8:
+        raise ValueError(f"{name} has dtype {tensor.dtype}, expected torch.uint8")
+    if integer and (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool):
+        raise ValueError(f"{name} has dtype {tensor.dtype}, expected integer indices")
+    return tensor

@@ -112,7 +112,8 @@ class EditedModel:
             edits = {e.edit_id: e for e in self.edits}
             entries = [(s, edit_id) for edit_id, e in edits.items() for s in sorted(e.surfaces())]
             self._matcher = AutomatonMatcher(entries, fold=self.fold)
-            self._updates = PerEdit(edits, neuron_deltas)
+            n_layers, width = self.adapter.n_layers, self.adapter.d_ffn  # stored indices are range-checked
+            self._updates = PerEdit(edits, lambda e: neuron_deltas(e, n_layers, width))
             self._gate_keys = PerEdit(edits, lambda e: e.tensors[GATE_KEYS], lambda e: GATE_KEYS in e.tensors)
             self._version = version
 

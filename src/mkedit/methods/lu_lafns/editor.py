@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import torch
+
 from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request, subject_prompt
 from mkedit.methods.common.keep import keep_prompts, keep_templates
@@ -36,6 +38,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
 
     name = METHOD_NAME
     config_class = LuLafnConfig
+    facts_share_edit = True
     summary = "the paper's method: ΔV on language-agnostic factual neurons, applied per subject at inference"
     needs_subject_position = True
 
@@ -98,29 +101,44 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
 
     def edit(self, group: EditGroup, on_step: StepCallback | None = None) -> Edit:
         """Locate the group's LAFNs and learn their update; returns the edit to put in a cache."""
+        return self.edit_facts([group], edit_id_for(group), on_step)
+
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: StepCallback | None = None) -> Edit:
+        """One ΔV for several facts about one subject: on the union of each fact's LAFNs, trained on the
+        union of their sequences (each fact's own Eq. 8 terms; the subject's KL prompts once)."""
+        if not groups:
+            raise ValueError("edit_facts needs at least one fact")
         t0 = time.perf_counter()
-        located = self.locate(group)
+        located = [self.locate(group) for group in groups]
+        lafns = _union(located)
         t1 = time.perf_counter()
-        sequences, subjects = self.training_sequences(group)
+        sequences: list[TrainSequence] = []
+        subjects: dict[str, list[str]] = {}
+        for group in groups:
+            own, forms = self.training_sequences(group)
+            sequences += own
+            for lang, surfaces in forms.items():
+                subjects[lang] = list(dict.fromkeys([*subjects.get(lang, []), *surfaces]))
+        sequences = list(dict.fromkeys(sequences))  # facts about one subject share its KL and keep prompts
         t2 = time.perf_counter()
         with only_trainable(self.model):
-            result = optimize_delta(
-                self.adapter, sequences, located.lafns, self.config, self.tokenizer.pad_token_id, on_step
-            )
-        edit_id = edit_id_for(group)
+            result = optimize_delta(self.adapter, sequences, lafns, self.config, self.tokenizer.pad_token_id, on_step)
+        sizes = {layer: int(idx.numel()) for layer, idx in lafns.items()}
         log.info(
-            "edit %s: %s neurons in layers %s, %d steps, answer NLL %.3f",
+            "edit %s (%d fact(s)): %s neurons in layers %s, %d steps, answer NLL %.3f",
             edit_id,
-            sum(located.sizes().values()),
-            sorted(located.lafns),
+            len(groups),
+            sum(sizes.values()),
+            sorted(lafns),
             result.steps,
             result.target_nll,
         )
+        facts = [group_info(group) for group in groups]
         info = {
             "method": METHOD_NAME,
-            **group_info(group),
+            **(facts[0] if len(facts) == 1 else {"facts": facts}),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "neurons_per_layer": {str(k): v for k, v in located.sizes().items()},
+            "neurons_per_layer": {str(k): v for k, v in sizes.items()},
             "steps": result.steps,
             "final_nll": result.target_nll,
             "final_kl": result.kl,
@@ -131,11 +149,11 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 "optimize": round(result.seconds, 3),
             },
         }
-        deltas = {layer: (located.lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
+        deltas = {layer: (lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
         tensors = neuron_tensors(deltas, self.config.store_values, self.config.store_fraction)
         if self.config.relation_gate:
             assert self._gate is not None  # prepare_config builds it when relation_gate is on
-            tensors[GATE_KEYS] = gate_keys(self._gate.encoder, group)
+            tensors[GATE_KEYS] = torch.cat([gate_keys(self._gate.encoder, group) for group in groups])
         return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
 
     @contextmanager
@@ -145,3 +163,9 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         self.check_edits(edits)
         cfg = self.config
         yield EditedModel(self.model, self.tokenizer, list(edits), site=cfg.site, fold=cfg.match_fold, gate=self._gate)
+
+
+def _union(located: Sequence[LocateResult]) -> dict[int, torch.Tensor]:
+    """Per layer, the neurons any of the facts located (sorted)."""
+    layers = sorted({layer for result in located for layer in result.lafns})
+    return {layer: torch.unique(torch.cat([r.lafns[layer] for r in located if layer in r.lafns])) for layer in layers}
