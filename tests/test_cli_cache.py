@@ -130,3 +130,29 @@ def test_merge_replaces_the_same_relation_and_keeps_the_others(two_caches, tiny_
     foreign.cache.save(tmp_path / "foreign")
     refused = _invoke("cache", "merge", a, tmp_path / "foreign")
     assert refused.exit_code == 1 and "another model" in refused.stderr
+
+
+def test_mkedit_edit_keeps_facts_of_other_relations_and_replaces_the_same_one(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    edits = tmp_path / "edits.jsonl"
+    lines = [
+        {
+            "id": g.group_id,
+            "en": {"subject": "Eiffel Tower", "src": g.requests[0].question, "alt": g.requests[0].answer},
+        }
+        for g in (CITY, DESIGNER, CITY_AGAIN)
+    ]
+    edits.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    settings = ["--set", "layers=1,2", "--set", "max_steps=2", "--set", "num_prefixes=1"]
+    result = _invoke(
+        "edit", "--model", tiny_folder, "--edits", edits, "--out", tmp_path / "c", "--device", "cpu", *settings
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"1 edit(s) in {tmp_path / 'c'}"
+    assert "holds designer beside city" in result.stderr and "city2 replaces city" in result.stderr
+    (edit,) = EditCache.load(tmp_path / "c")
+    assert [r["id"] for r in facts_of(edit)] == ["designer", "city2"]
+    rerun = _invoke("edit", "--model", tiny_folder, "--edits", edits, "--out", tmp_path / "c", "--device", "cpu")
+    assert rerun.exit_code == 0 and "3 edit(s) already in" in rerun.stderr  # city counts as done: replaced
+    assert [r["id"] for e in EditCache.load(tmp_path / "c") for r in facts_of(e)] == ["designer", "city2"]

@@ -1,6 +1,7 @@
 """mkedit: multilingual knowledge editing of LLMs with language-agnostic factual neurons (LU-LAFNs) and the
 paper's baselines, all behind one edit protocol (``edit`` computes, ``applied`` puts edits in force)."""
 
+from mkedit.facts import FactStore
 from mkedit.methods.base import EditMethod
 from mkedit.methods.lu_lafns import PRESETS, LuLafnConfig, LuLafnEditor, get_preset, preset_for
 from mkedit.methods.registry import build_method, get_method, method_names, register_method
@@ -23,6 +24,7 @@ __all__ = [
     "EditRequest",
     "EditedModel",
     "EditedView",
+    "FactStore",
     "LoadedModel",
     "LuLafnConfig",
     "LuLafnEditor",

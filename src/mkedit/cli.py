@@ -29,7 +29,7 @@ from mkedit.facts import (
     FactPlan,
     FactUpdate,
     RelationJudge,
-    already_in_force,
+    already_done,
     commit_fact,
     plan_fact,
     subject_waves,
@@ -122,7 +122,7 @@ def edit(
         if pool is not None:
             pool.close()
         raise fail(exc) from exc
-    todo = [g for g in groups if not already_in_force(cache, g)]
+    todo = [g for g in groups if not already_done(cache, g)]
     if len(todo) < len(groups):
         err.print(f"{len(groups) - len(todo)} edit(s) already in {out}; skipping them")
     merge = get_method(cache.method).facts_share_edit

@@ -37,6 +37,8 @@ class FactPlan:
     """Every fact the new edit holds, oldest first (the new fact last)."""
     replaced: tuple[str, ...] = ()
     """Cached facts the new one contradicts: they leave the cache."""
+    replaced_answers: tuple[dict[str, str], ...] = ()
+    """Their answers, in the same order (kept in the cache's history of replaced facts)."""
     drop: tuple[str, ...] = ()
     """Cached edits the new edit supersedes: removed before it is added."""
 
@@ -67,20 +69,21 @@ def _sharing_subject(cache: EditCache, group: EditGroup, fact_id: str) -> list[E
 def plan_fact(cache: EditCache, group: EditGroup, judge: RelationJudge, merge: bool) -> FactPlan:
     """The plan of :class:`FactStore` for one new fact (``merge``: the method keeps one edit per subject)."""
     fact_id = edit_id_for(group)
-    replaced: list[str] = []
+    replaced: list[dict] = []
     kept: list[EditGroup] = []
     drop: list[str] = []
     for edit in _sharing_subject(cache, group, fact_id):
         records = facts_of(edit)
         gone = [r["id"] for r in records if r["id"] == fact_id or judge.same(group_from_fact(r), group)]
-        replaced += gone
+        replaced += [r for r in records if r["id"] in gone]
         if merge:
             kept += [group_from_fact(r) for r in records if r["id"] not in gone]
             drop.append(edit.edit_id)
         elif len(gone) == len(records):
             drop.append(edit.edit_id)
     facts = (*kept, group)
-    return FactPlan(fact_id, edit_id_for(facts[0]), facts, tuple(replaced), tuple(drop))
+    ids, answers = tuple(r["id"] for r in replaced), tuple(r["answers"] for r in replaced)
+    return FactPlan(fact_id, edit_id_for(facts[0]), facts, ids, answers, tuple(drop))
 
 
 def commit_fact(cache: EditCache, plan: FactPlan, edit: Edit, merge: bool) -> FactUpdate:
@@ -89,6 +92,10 @@ def commit_fact(cache: EditCache, plan: FactPlan, edit: Edit, merge: bool) -> Fa
     for edit_id in removed:
         cache.remove(edit_id)
     removed += tuple(cache.add(edit, replace_subjects=merge))
+    for fact_id, answers in zip(plan.replaced, plan.replaced_answers, strict=True):
+        if fact_id != plan.fact_id:  # a fact given again with new answers replaces its own old version
+            cache.replaced_facts[fact_id] = {"by": plan.fact_id, "answers": answers}
+    cache.replaced_facts.pop(plan.fact_id, None)
     kept = tuple(edit_id_for(g) for g in plan.facts[:-1])
     return FactUpdate(edit, plan.replaced, tuple(dict.fromkeys(removed)), kept)
 
@@ -108,10 +115,14 @@ def subject_waves(groups: Sequence[EditGroup]) -> list[list[EditGroup]]:
     return waves
 
 
-def already_in_force(cache: EditCache, group: EditGroup) -> bool:
-    """The cache holds this fact (same id, same answers): a resumed run skips it."""
-    found = find_fact(cache, edit_id_for(group))
-    return found is not None and found[1]["answers"] == {r.lang: r.answer for r in group.requests}
+def already_done(cache: EditCache, group: EditGroup) -> bool:
+    """The cache holds this fact (same id, same answers), or held it until a later fact of the same relation
+    replaced it: a resumed run skips it either way."""
+    fact_id, answers = edit_id_for(group), {r.lang: r.answer for r in group.requests}
+    found = find_fact(cache, fact_id)
+    if found is not None:
+        return found[1]["answers"] == answers
+    return cache.replaced_facts.get(fact_id, {}).get("answers") == answers
 
 
 class FactStore:

@@ -78,6 +78,9 @@ class EditCache:
         self._edits: dict[str, Edit] = {}
         self._owners: dict[str, list[str]] = {}  # subject surface -> ids of the edits holding it
         self.version = 0  # bumped on every change, so views of the cache know to refresh
+        self.replaced_facts: dict[str, dict[str, Any]] = {}
+        """fact id -> {"by": the fact that replaced it, "answers": its answers}: facts a later fact of the same
+        relation replaced (:mod:`mkedit.facts.store`), so a resumed ``mkedit edit`` does not put them back."""
         # The folder the cache was loaded from or last saved to, its shards, and the shard holding the
         # live copy of each edit already there (edits added since are not in it).
         self._folder: Path | None = None
@@ -196,6 +199,7 @@ class EditCache:
             "method_config": self.method_config,
             "shards": [{"file": s.name, "sha256": s.sha256, "edits": len(live(s))} for s in shards],
             "removed": [[edit_id, s.name] for s in shards for edit_id in s.ids if stored.get(edit_id) != s.name],
+            "replaced_facts": self.replaced_facts,
         }
         write_json_atomic(folder / INDEX_FILE, index)
         names = {s.name for s in shards}
@@ -229,6 +233,7 @@ class EditCache:
         try:
             fingerprint = ModelFingerprint.from_dict(index["model"])
             cache = cls(fingerprint, index["method"], index["method_config"])
+            cache.replaced_facts = dict(index.get("replaced_facts", {}))
             if index["version"] < 3:
                 cache._read_single_file(folder, index, verify)
             else:

@@ -37,6 +37,11 @@ def check_index(index: dict[str, Any], where: Path | str) -> None:
         raise bad("method_config", "an object", config)
     if "site" in config and config["site"] not in NEURON_SITES:
         raise bad("method_config.site", f"one of {', '.join(NEURON_SITES)}", config["site"])
+    history = index.get("replaced_facts", {})
+    if not isinstance(history, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("answers"), dict) for entry in history.values()
+    ):
+        raise bad("replaced_facts", "an object of {by, answers} entries", history)
     if index.get("version") == 3:
         shards = index.get("shards")
         if not isinstance(shards, list):

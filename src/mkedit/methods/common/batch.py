@@ -65,8 +65,11 @@ def sequences_for_request(
     context: str,
     stop_token_id: int | None = None,
     aligned: Sequence[str] = (),
+    chat: bool = False,
 ) -> tuple[list[TrainSequence], SubjectSpan]:
-    """Target sequences (prefix + question + answer [+ stop token]) and the KL prompt of one language.
+    """Target sequences (prefix + question + answer [+ stop token]) and the KL prompt of one language;
+    with ``chat``, also the question as the tokenizer's chat template renders a user turn, followed by the
+    answer [+ the end-of-turn token]: users ask deployed models in chat form.
 
     The subject is placed with :func:`~mkedit.runtime.subject.locate_subject`: the request's own subject,
     then the ``aligned`` subjects of the other languages, then approximately."""
@@ -80,8 +83,31 @@ def sequences_for_request(
     for head in heads:
         ids, pos = encode_with_subject(tokenizer, head + request.question, shift(span, len(head)))
         sequences.append(TrainSequence(tuple(ids + answer_ids), pos, "target", len(ids)))
+    if chat:
+        sequences.append(chat_sequence(tokenizer, request, span, stop_token_id is not None))
     sequences.append(subject_prompt(tokenizer, lang.kl_template, request.subject, "kl"))
     return sequences, span
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
+    """``question`` as one user turn of the tokenizer's chat template, ready for the assistant's answer."""
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def chat_sequence(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, span: SubjectSpan, end_turn: bool
+) -> TrainSequence:
+    """The chat-form target sequence: the rendered user turn (the template writes its own special tokens),
+    the answer opening the assistant's turn, and (``end_turn``) the end-of-turn token (the tokenizer's eos
+    in chat models), so that a generating model answers with the new answer and stops."""
+    text = chat_prompt(tokenizer, request.question)
+    start = text.rindex(request.question)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, pos = list(enc["input_ids"]), last_token_index(enc["offset_mapping"], span.end + start)
+    answer = list(tokenizer(request.answer.strip(), add_special_tokens=False)["input_ids"])  # starts the turn
+    end = [tokenizer.eos_token_id] if end_turn and tokenizer.eos_token_id is not None else []
+    return TrainSequence(tuple(ids + answer + end), pos, "target", len(ids))
 
 
 def subject_prompt(

@@ -87,6 +87,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 context,
                 stop,
                 aligned=group.other_subjects(req.lang),
+                chat=self.config.chat_form and bool(self.tokenizer.chat_template),
             )
             sequences += seqs
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
@@ -121,8 +122,11 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 subjects[lang] = list(dict.fromkeys([*subjects.get(lang, []), *surfaces]))
         sequences = list(dict.fromkeys(sequences))  # facts about one subject share its KL and keep prompts
         t2 = time.perf_counter()
+        # The early stop reads the mean answer NLL over every fact's sequences: below early_stop_nll / k, each
+        # of k facts (with as many sequences each) is below early_stop_nll; one fact: the paper's rule.
+        config = self.config.replace(early_stop_nll=self.config.early_stop_nll / len(groups))
         with only_trainable(self.model):
-            result = optimize_delta(self.adapter, sequences, lafns, self.config, self.tokenizer.pad_token_id, on_step)
+            result = optimize_delta(self.adapter, sequences, lafns, config, self.tokenizer.pad_token_id, on_step)
         sizes = {layer: int(idx.numel()) for layer, idx in lafns.items()}
         log.info(
             "edit %s (%d fact(s)): %s neurons in layers %s, %d steps, answer NLL %.3f",
