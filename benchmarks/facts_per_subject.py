@@ -106,6 +106,12 @@ def main() -> None:
             cases = [(r.question, r.answer, r.lang) for facts in subjects for g in facts[:k] for r in g.requests]
             right = exact(teacher_forced(view.logits, loaded.tokenizer, cases))
             after = teacher_forced(view.logits, loaded.tokenizer, unrelated)
+        for (question, answer, lang), ok in zip(cases, right, strict=True):
+            if not ok:
+                print(f"k={k}: not right: [{lang}] {question} -> {answer}", file=sys.stderr)
+        for edit in store.cache:
+            info = edit.info
+            print(f"k={k}: edit {edit.edit_id}: {info['steps']} steps, NLL {info['final_nll']:.3f}", file=sys.stderr)
         per_lang = {
             lang: 100 * statistics.mean(ok for ok, case in zip(right, cases, strict=True) if case[2] == lang)
             for lang in langs

@@ -150,3 +150,14 @@ def test_store_replaces_a_contradicting_fact_and_removes_single_facts(store_afte
         store.remove(["nope"])
     store.remove(["city2"])
     assert len(store.cache) == 0
+
+
+def test_every_sequence_early_stop_waits_for_the_worst_sequence() -> None:
+    """The multi-fact rule never stops before the mean rule (each sequence, not their mean, must reach the bar)."""
+    tokenizer = build_tiny_tokenizer()
+    steps = {}
+    for rule in ("mean", "every_sequence"):
+        config = TINY.replace(max_steps=60, early_stop_nll=1.0, early_stop=rule)
+        editor = LuLafnEditor(build_tiny_model("qwen2"), tokenizer, config, "tiny")
+        steps[rule] = editor.edit_facts([CITY], "city").info["steps"]
+    assert steps["mean"] <= steps["every_sequence"]

@@ -110,7 +110,7 @@ def _loss_and_grads(
     for group in groups:
         batch = to_tensor_batch(group, 0, n_target, n_kl, torch.device("cpu"), n_keep, cfg.reuse_prefix)
         prepared, _ = _prepare(adapter, batch, cfg, layers[0])
-        loss, _, _, _ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
+        loss, *_ = _batch_loss(adapter, prepared, cfg, layers[0], updates)
         loss.backward()
         total += loss.item()
     return total, {layer: d.grad for layer, d in deltas.items()}

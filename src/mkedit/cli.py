@@ -83,7 +83,9 @@ def edit(
     edit (same id, same answers) is already in the cache are skipped (Ctrl-C says how many edits were
     saved, exit code 130). Groups whose subject no question names are skipped before the model loads;
     when nothing can be edited the command fails (exit code 1). An existing cache keeps the method
-    and hyperparameters it was made with. Progress goes to stderr; stdout gets the final count.
+    and hyperparameters it was made with. LU-LAFNs edits are trained in chat form too (``chat_form``, for
+    models with a chat template; ``--set chat_form=false`` gives the paper's objective alone). Progress goes
+    to stderr; stdout gets the final count.
     """
     pool = None
     try:
@@ -97,6 +99,8 @@ def edit(
                 raise ConfigError(f"this edit cache holds {existing.method} edits, not {method} ones")
             if preset or settings:
                 raise ConfigError(f"{out} keeps the hyperparameters it was made with; use a new --out for others")
+        elif method == "lu-lafns":
+            settings = {"chat_form": "true", **settings}  # deployable edits: chat requests answered too
         needs_position = get_method(existing.method if existing is not None else method).needs_subject_position
         groups = editable_groups(groups, needs_position, warn, str(edits))  # before the model loads
         if workers:

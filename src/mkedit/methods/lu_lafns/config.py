@@ -16,6 +16,7 @@ from mkedit.runtime.deltas import ValueDtype
 from mkedit.runtime.encoders import EncoderName
 
 LocateStrategy = Literal["lafns", "all", "random"]
+EarlyStop = Literal["mean", "every_sequence"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,11 @@ class LuLafnConfig(MethodConfig):
     max_steps: int = 40
     """Optimisation steps at most (early stop below ``early_stop_nll``)."""
     early_stop_nll: float = 0.1
-    """Stop once the mean answer NLL (Eq. 8) is below this."""
+    """Stop once the answer NLL (Eq. 8; see ``early_stop``) is below this."""
+    early_stop: EarlyStop = "mean"
+    """``mean``: stop when the mean answer NLL of all target sequences is below ``early_stop_nll`` (the
+    paper's single-fact objective); ``every_sequence``: when each sequence's is. An edit of several facts
+    about one subject (``edit_facts``) always uses ``every_sequence``: a low mean can hide one fact."""
     max_delta_norm_ratio: float = 4.0
     """Bound ``||ΔV_layer|| <= ratio * ||V_layer||`` at the subject token (base values on the LAFNs)."""
     seed: int = 0

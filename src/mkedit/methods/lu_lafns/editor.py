@@ -122,9 +122,14 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 subjects[lang] = list(dict.fromkeys([*subjects.get(lang, []), *surfaces]))
         sequences = list(dict.fromkeys(sequences))  # facts about one subject share its KL and keep prompts
         t2 = time.perf_counter()
-        # The early stop reads the mean answer NLL over every fact's sequences: below early_stop_nll / k, each
-        # of k facts (with as many sequences each) is below early_stop_nll; one fact: the paper's rule.
-        config = self.config.replace(early_stop_nll=self.config.early_stop_nll / len(groups))
+        # Several facts: every sequence must reach the early-stop NLL (a low mean can hide one fact), and each
+        # fact brings its own step budget. One fact: the configured rule (the paper's mean).
+        k = len(groups)
+        config = (
+            self.config
+            if k == 1
+            else self.config.replace(early_stop="every_sequence", max_steps=self.config.max_steps * k)
+        )
         with only_trainable(self.model):
             result = optimize_delta(self.adapter, sequences, lafns, config, self.tokenizer.pad_token_id, on_step)
         sizes = {layer: int(idx.numel()) for layer, idx in lafns.items()}

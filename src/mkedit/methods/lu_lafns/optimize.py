@@ -83,7 +83,9 @@ def _prepare(
 
 def _batch_loss(
     adapter: FFNAdapter, prepared: _Prepared, config: LuLafnConfig, first_layer: int, updates: dict
-) -> tuple[torch.Tensor, float, float, float]:
+) -> tuple[torch.Tensor, float, float, float, float]:
+    """The loss, its NLL, KL and keep terms, and the highest answer NLL of one target sequence (mean over its
+    answer tokens)."""
     batch = prepared.batch
     with ExitStack() as stack:
         if prepared.lower is not None:
@@ -94,11 +96,17 @@ def _batch_loss(
     n_t = batch.target_rows.numel()
     token_logp = logp[:n_t].gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
     nll = -(token_logp * batch.target_weight).sum()
+    with torch.no_grad():
+        rows_nll = torch.zeros(batch.input_ids.shape[0], device=token_logp.device).index_add_(
+            0, batch.target_rows, -token_logp.float()
+        )
+        tokens = torch.bincount(batch.target_rows, minlength=batch.input_ids.shape[0])
+        worst = float((rows_nll[tokens > 0] / tokens[tokens > 0]).max()) if n_t else 0.0
     kl_rows = F.kl_div(logp[n_t:], prepared.base_kl, log_target=True, reduction="none").sum(-1)
     kl = (kl_rows * batch.kl_weight).sum()
     keep = (kl_rows * batch.keep_weight).sum()
     loss = config.lambda_target * nll + config.lambda_kl * kl + config.lambda_keep * keep
-    return loss, nll.item(), kl.item(), keep.item()
+    return loss, nll.item(), kl.item(), keep.item(), worst
 
 
 def optimize_delta(
@@ -109,7 +117,8 @@ def optimize_delta(
     pad_id: int,
     on_step: Callable[[int, float], None] | None = None,
 ) -> OptimizeResult:
-    """Adam on ΔV until the answer NLL falls below ``early_stop_nll`` or ``max_steps`` is reached."""
+    """Adam on ΔV until the answer NLL (``early_stop``: the mean, or every sequence's) falls below
+    ``early_stop_nll``, or ``max_steps`` is reached."""
     start = time.perf_counter()
     device = next(adapter.model.parameters()).device
     layers = sorted(lafns)
@@ -140,16 +149,17 @@ def optimize_delta(
     steps = 0
     for step in range(config.max_steps):
         optimizer.zero_grad(set_to_none=True)
-        total = nll = kl = keep = 0.0
+        total = nll = kl = keep = worst = 0.0
         for prep in prepared:
-            loss, part_nll, part_kl, part_keep = _batch_loss(adapter, prep, cfg, first_layer, updates)
+            loss, part_nll, part_kl, part_keep, part_worst = _batch_loss(adapter, prep, cfg, first_layer, updates)
             loss.backward()
             total, nll, kl, keep = total + loss.item(), nll + part_nll, kl + part_kl, keep + part_keep
+            worst = max(worst, part_worst)
         history.append(total)
         steps = step + 1
         if on_step is not None:
             on_step(steps, total)
-        if nll < config.early_stop_nll:
+        if (worst if config.early_stop == "every_sequence" else nll) < config.early_stop_nll:
             break
         optimizer.step()
         with torch.no_grad():
