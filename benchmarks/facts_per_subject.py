@@ -73,7 +73,8 @@ def main() -> None:
     add_device_options(parser)
     parser.add_argument("--data", type=Path, default=DATA, help="Edit file; facts of one subject share its subject")
     parser.add_argument("--langs", default="en,zh")
-    parser.add_argument("--subjects", type=int, default=None, help="Use the first N subjects")
+    parser.add_argument("--subjects", type=int, default=None, help="Use N subjects")
+    parser.add_argument("--skip-subjects", type=int, default=0, help="Leave out the first K subjects")
     parser.add_argument("--ks", default="1,2,3,5", help="Score after this many facts per subject")
     parser.add_argument("--method", default="lu-lafns")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value (as mkedit --set)")
@@ -81,7 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     langs = args.langs.split(",")
     ks = sorted(int(k) for k in args.ks.split(","))
-    subjects = by_subject(load_edit_groups(args.data, langs))[: args.subjects]
+    subjects = by_subject(load_edit_groups(args.data, langs))[args.skip_subjects :]
+    subjects = subjects[: args.subjects]
     subjects = [facts for facts in subjects if len(facts) >= ks[-1]]
     if not subjects:
         sys.exit(f"no subject of {args.data} has {ks[-1]} facts")
