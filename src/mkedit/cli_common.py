@@ -7,10 +7,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mkedit.errors import CacheError, MkeditError
 from mkedit.methods.base import EditMethod
 from mkedit.methods.config import ConfigError
-from mkedit.methods.registry import build_method, get_method
+from mkedit.methods.registry import method_for_cache as registry_method_for_cache
 from mkedit.models import load_model
 from mkedit.runtime.cache import EditCache
 
@@ -38,10 +37,4 @@ def method_for_cache(cache: EditCache, loaded, method: str | None = None) -> Edi
     """The method a cache was made with, configured as it was; ``method`` (if given) must agree."""
     if method and method != cache.method:
         raise ConfigError(f"this edit cache holds {cache.method} edits, not {method} ones")
-    try:
-        config = get_method(cache.method).config_class.from_dict(cache.method_config)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, MkeditError):
-            raise
-        raise CacheError(f"the edit cache's method_config is invalid for {cache.method}: {exc}") from exc
-    return build_method(cache.method, loaded.model, loaded.tokenizer, loaded.name, config=config)
+    return registry_method_for_cache(cache, loaded.model, loaded.tokenizer, loaded.name)

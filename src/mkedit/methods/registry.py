@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mkedit.errors import MkeditError
+from mkedit.errors import CacheError, MkeditError
 from mkedit.methods.config import ConfigError, MethodConfig
 
 if TYPE_CHECKING:
     from mkedit.methods.base import EditMethod
+    from mkedit.runtime.cache import EditCache
 
 
 class UnknownMethodError(MkeditError, ValueError):
@@ -77,6 +78,19 @@ def build_method(
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     return cls(model, tokenizer, config, model_name, overrides)
+
+
+def method_for_cache(
+    cache: EditCache, model: nn.Module, tokenizer: PreTrainedTokenizerBase, model_name: str = ""
+) -> EditMethod:
+    """The method a cache was made with, configured as it was (a config the method refuses is a CacheError)."""
+    try:
+        config = get_method(cache.method).config_class.from_dict(cache.method_config)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, MkeditError):
+            raise
+        raise CacheError(f"the edit cache's method_config is invalid for {cache.method}: {exc}") from exc
+    return build_method(cache.method, model, tokenizer, model_name, config=config)
 
 
 def check_method_options(name: str, preset: str | None, overrides: dict[str, str]) -> None:

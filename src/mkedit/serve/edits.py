@@ -14,8 +14,8 @@ import os
 from contextlib import ExitStack
 from pathlib import Path
 
-from mkedit.errors import CacheError, MkeditError
-from mkedit.methods.registry import build_method, get_method
+from mkedit.errors import MkeditError
+from mkedit.methods.registry import method_for_cache
 from mkedit.methods.view import EditedView, ModelView
 from mkedit.models.fingerprint import ROUNDINGS, model_fingerprint
 from mkedit.models.loader import LoadedModel
@@ -91,14 +91,7 @@ class LiveEdits:
 
     def _install(self, cache: EditCache) -> None:
         self.close()
-        try:
-            config = get_method(cache.method).config_class.from_dict(cache.method_config)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, MkeditError):
-                raise
-            raise CacheError(f"{self.folder}: its method_config is invalid for {cache.method}: {exc}") from exc
-        loaded = self.loaded
-        method = build_method(cache.method, loaded.model, loaded.tokenizer, loaded.name, config=config)
+        method = method_for_cache(cache, self.loaded.model, self.loaded.tokenizer, self.loaded.name)
         edits = list(cache)
         self._view = self._stack.enter_context(method.applied(edits))
         self.count = len(edits)
