@@ -313,3 +313,23 @@ def test_layers_without_lafns_are_dropped() -> None:
     located = locate_lafns(get_adapter(model), build_tiny_tokenizer(), _group(), LAYERS, beta=0.0)
     assert sorted(located.lafns) == [2]
     assert located.per_language["en"][1].numel() == 0
+
+
+def test_last_layer_update_stays_zero_is_not_stored_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """ΔV at the subject's last token in the model's last layer cannot reach the answer: zero, unstored, warned."""
+    from mkedit.methods.lu_lafns import LuLafnEditor
+    from mkedit.runtime.deltas import neuron_deltas
+
+    torch.manual_seed(0)
+    cfg = LuLafnConfig().with_overrides({"layers": "1,-1", "num_prefixes": "1", "max_steps": "3"})
+    editor = LuLafnEditor(build_tiny_model("qwen2"), build_tiny_tokenizer(), cfg, "tiny")
+    last = editor.adapter.n_layers - 1
+    with caplog.at_level("WARNING", logger="mkedit.methods.lu_lafns.editor"):
+        edit = editor.edit(EditGroup(REQUESTS, "g1"))
+        editor.edit(EditGroup(REQUESTS, "g2"))
+    stored = neuron_deltas(edit)
+    assert sorted(stored) == [1] and stored[1][1].abs().sum() > 0
+    assert edit.info["layers_unchanged"] == [last]
+    assert str(last) in edit.info["neurons_per_layer"]  # located, trained, found unchanged
+    warnings = [r for r in caplog.records if "is the model's last" in r.getMessage()]
+    assert len(warnings) == 1  # once per editor, not per edit

@@ -109,6 +109,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         union of their sequences (each fact's own Eq. 8 terms; the subject's KL prompts once)."""
         if not groups:
             raise ValueError("edit_facts needs at least one fact")
+        self._warn_unreachable_layers()
         t0 = time.perf_counter()
         located = [self.locate(group) for group in groups]
         lafns = _union(located)
@@ -158,12 +159,32 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 "optimize": round(result.seconds, 3),
             },
         }
-        deltas = {layer: (lafns[layer], result.deltas[layer].float()) for layer in result.deltas}
+        # A layer whose update stayed exactly zero (the model's last, see _warn_unreachable_layers) is not stored.
+        deltas = {layer: (lafns[layer], delta.float()) for layer, delta in result.deltas.items() if bool(delta.any())}
+        if unchanged := sorted(set(result.deltas) - set(deltas)):
+            info["layers_unchanged"] = unchanged
         tensors = neuron_tensors(deltas, self.config.store_values, self.config.store_fraction)
         if self.config.relation_gate:
             assert self._gate is not None  # prepare_config builds it when relation_gate is on
             tensors[GATE_KEYS] = torch.cat([gate_keys(self._gate.encoder, group) for group in groups])
         return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
+
+    _warned_layers = False
+
+    def _warn_unreachable_layers(self) -> None:
+        """Warn (once) when ΔV is configured in the model's last layer: added at the subject's last token, it
+        reaches the answer only through attention in later layers, and there are none, so unless the subject
+        ends the prompt its gradient is zero and the layer stays unchanged (the paper's Table 4 gives its
+        last layer alone about an unedited model's scores)."""
+        last = self.adapter.n_layers - 1
+        if self._warned_layers or last not in self.config.layers:
+            return
+        self._warned_layers = True
+        log.warning(
+            "layer %d is the model's last: an update at the subject's last token cannot reach the answer tokens "
+            "there (no attention follows), so it stays zero and is not stored; choose earlier layers",
+            last,
+        )
 
     @contextmanager
     def applied(self, edits: Sequence[Edit]) -> Iterator[EditedModel]:
