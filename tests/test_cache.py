@@ -371,3 +371,13 @@ def test_shards_stop_merging_at_the_cap(model, tmp_path: Path, monkeypatch) -> N
     assert [s["edits"] for s in index["shards"]] == [4, 4, 2]
     assert len(EditCache.load(tmp_path / "bulk")) == 10
     assert [e.edit_id for e in EditCache.load(tmp_path / "cache")] == [f"e{n}" for n in range(13)]
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    """mkstemp makes owner-only files; a saved cache or result must be as readable as a plain write."""
+    from mkedit.runtime.atomic import FILE_MODE
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_atomic(tmp_path / "atomic.txt", lambda tmp: tmp.write_text("x"))
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == FILE_MODE

@@ -364,7 +364,8 @@ def test_each_record_is_tested_with_its_own_edit_in_force(
         record = 0 if any(text.startswith(p) for p in _prompts(RECORDS[0])) else 1
         # Only the record's own edit, or (sequential) every edit so far.
         assert cache_size == (record + 1 if sequential else 1)
-    assert all(count == 2 for count in seen.values()), seen  # teacher-forced once, generated once
+    # Teacher-forced once and generated once; a Locality question, which no edit acts on, keeps its pre-edit outputs.
+    assert all(count == (0 if expected[prompt] == [] else 2) for prompt, count in seen.items()), seen
     rows = read_rows(tmp_path / RECORDS_FILE)
     assert set(rows[0]["outputs"]["en"]["pred_ids"]) == set(METRICS)
 
@@ -481,3 +482,26 @@ def test_sequential_retention_tells_replaced_facts_from_lost_ones(tiny: Any, tmp
     # A resumed run keeps the checkpoints it has and measures none twice.
     again_summary, editor = _run(tiny, data, tmp_path / "out", limit=None, sequential=True)
     assert editor.groups == [] and again_summary["retention"] == points
+
+
+def test_untouched_prompts_keep_their_pre_edit_outputs_exactly(
+    full_run: tuple[Path, dict], tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locality questions and probes that no edit acts on are not run again: the rows equal a run that
+    recomputes every case, one case per forward (batch size 1), with and without generation."""
+    import mkedit.eval.runner as runner
+
+    rerun: list[str] = []
+    untouched = runner._untouched
+    monkeypatch.setattr(runner, "_untouched", lambda view, prompt, lang: rerun.append(prompt) and False)
+    _run(tiny, data_file, tmp_path / "all", batch_size=1)
+    reused = [prompt for prompt in rerun if untouched(EditedModel(tiny[0], tiny[1], []), prompt, "")]
+    assert reused  # the fixture's Locality questions name no edited subject
+    assert _untimed(read_rows(tmp_path / "all" / RECORDS_FILE)) == _untimed(read_rows(full_run[0] / RECORDS_FILE))
+
+
+def _untimed(value: Any) -> Any:
+    """``value`` without its wall-clock ``seconds`` entries, at any depth."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k != "seconds"}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value

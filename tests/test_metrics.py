@@ -82,6 +82,16 @@ def test_em_ignores_surrounding_whitespace() -> None:
     assert f1 == pytest.approx(2 * (5 / 7) * 1 / (5 / 7 + 1))  # the spaces are tokens: P = 5/7, R = 1
 
 
+def test_em_does_not_let_a_special_token_pass_for_whitespace() -> None:
+    """A predicted end-of-text where the answer has a space token is a miss, not a match in disguise."""
+    tok = build_tiny_tokenizer()
+    target = tok(" Paris", add_special_tokens=False)["input_ids"]
+    assert tok.decode(target[:1]).strip() == ""  # the leading space is a token of its own here
+    pred = [tok.eos_token_id, *target[1:]]
+    f1, em = f1_em(TokenPrediction(pred, target), tok)
+    assert em == 0.0 and f1 < 1.0
+
+
 def test_aggregate_is_percent() -> None:
     assert aggregate([1.0, 0.0, 0.5]) == pytest.approx(50.0)
     assert aggregate([]) is None

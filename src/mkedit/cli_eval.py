@@ -80,7 +80,7 @@ def eval_command(
         Path | None,
         typer.Option("--probe-templates", help="Relation templates for the templates source (JSON)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 32,
     curve_every: Annotated[
         int, typer.Option("--curve-every", min=1, help="Sequential: a curve point every N records")
     ] = 10,

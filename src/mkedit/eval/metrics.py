@@ -14,7 +14,8 @@ then compared with the gold ids:
   below 1 (P = R = 0.5 gives 0.25 instead of 0.5), so it would understate partial matches. For
   teacher-forced predictions len(pred) == len(target), so P == R and F1 == P == R anyway; the two
   definitions differ only on the squared term (F1 = P vs P²).
-- **EM**: the decoded prediction equals the decoded target (special tokens skipped, ``.strip()``-ed).
+- **EM**: the decoded prediction equals the decoded target (``.strip()``-ed; special tokens kept, so a
+  predicted end-of-turn token never passes for an answer's whitespace token).
 - **Locality** has no gold answer of its own: the post-edit predictions are compared with the
   *pre-edit* predictions of the same model on the same ``loc`` prompt + ``loc_ans`` (teacher-forced),
   so locality measures "did the edit change anything here", not "is the model right here".
@@ -140,8 +141,10 @@ def token_f1(pred_ids: Sequence[int], target_ids: Sequence[int]) -> float:
 def f1_em(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase) -> tuple[float, float]:
     """Teacher-forced ``(F1, EM)`` of one case, each in 0..1."""
     f1 = token_f1(pred.pred_ids, pred.target_ids)
-    pred_text = tokenizer.decode(pred.pred_ids, skip_special_tokens=True).strip()
-    target_text = tokenizer.decode(pred.target_ids, skip_special_tokens=True).strip()
+    # Special tokens are kept: an answer holds none, and a predicted end-of-turn where the answer has a
+    # whitespace token must not vanish in decoding and pass as a match.
+    pred_text = tokenizer.decode(pred.pred_ids, skip_special_tokens=False).strip()
+    target_text = tokenizer.decode(pred.target_ids, skip_special_tokens=False).strip()
     return f1, float(pred_text == target_text)
 
 

@@ -109,6 +109,7 @@ IDENTITY_KEYS: tuple[str, ...] = (
     "specificity",
     "probe_templates",
     "probe_tokens",
+    "paraphrases",
 )
 
 ProgressFn = Callable[[int, int, str], None]
@@ -159,7 +160,7 @@ class EvalConfig:
     """cross-lingual only: the languages tested (default: ``langs``)."""
     sequential: bool = False
     generation: bool = True
-    batch_size: int = 8
+    batch_size: int = 32
     curve_every: int = 10
     """Sequential mode: a point of ``sequential_curve`` every this many evaluated records."""
     gen_extra_tokens: int = 4
@@ -170,6 +171,10 @@ class EvalConfig:
     """Relation templates for the ``templates`` source (default: the packaged set)."""
     probe_tokens: int = 8
     """Tokens of the pre-edit answer to a probe that the post-edit model must reproduce (first line)."""
+    paraphrases: str | None = None
+    """The paraphrase file attached to the records (:mod:`mkedit.paraphrase`); None: questions alone."""
+    paraphrases_sha256: str | None = None
+    """Its sha256 when attached: run.json keeps it, so a resume with other paraphrases is refused."""
 
     def __post_init__(self) -> None:
         try:
@@ -272,6 +277,11 @@ def _run_info(
         "specificity": list(config.specificity),
         "probe_templates": str(Path(config.probe_templates).resolve()) if config.probe_templates else None,
         "probe_tokens": config.probe_tokens,
+        "paraphrases": (
+            {"path": str(Path(config.paraphrases).resolve()), "sha256": config.paraphrases_sha256}
+            if config.paraphrases
+            else None
+        ),
         # informative only (may change between resumed calls):
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "matcher": matcher,
@@ -416,24 +426,28 @@ def _probes(record: BenchmarkRecord, lang: str, sources: Sequence[str]) -> list[
 def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer) -> dict[str, dict[str, Any]]:
     """References on the untouched model, per language: Locality's teacher-forced ids and generation, and
     each Specificity probe's pre-edit answer (greedy, first line, ``probe_tokens`` at most) with the
-    teacher-forced ids of the untouched model on that answer."""
-    pre: dict[str, dict[str, Any]] = {}
+    teacher-forced ids of the untouched model on that answer.
+
+    One generation pass and one teacher-forced pass serve every language, Locality and probes alike: each
+    pass is a decoding loop whose steps cost about the same for one row as for many."""
+    config = base.config
     keys = _cases(record, langs, [LOCALITY])
-    if keys:
-        inputs = _case_inputs(record, keys)
-        preds = base.predict(inputs)
-        texts = base.generate(inputs) if base.config.generation else [None] * len(keys)
-        for (lang, _), pred, text in zip(keys, preds, texts, strict=True):
-            pre[lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
-    probes = [(lang, p) for lang in langs for p in _probes(record, lang, base.config.specificity)]
-    if not probes:
-        return pre
-    budget = base.config.probe_tokens
-    answers = base.generate([(p.question, "", lang) for lang, p in probes], [budget] * len(probes))
+    inputs = _case_inputs(record, keys)
+    probes = [(lang, p) for lang in langs for p in _probes(record, lang, config.specificity)]
+    probe_cases = [(p.question, "", lang) for lang, p in probes]
+    loc_budgets = [max_new_tokens_for(base.tokenizer, t, lang, config.gen_extra_tokens) for _, t, lang in inputs]
+    gen_cases = (inputs if config.generation else []) + probe_cases
+    budgets = (loc_budgets if config.generation else []) + [config.probe_tokens] * len(probes)
+    generated = base.generate(gen_cases, budgets) if gen_cases else []
+    loc_texts: list[str | None] = generated[: len(inputs)] if config.generation else [None] * len(inputs)
+    answers = generated[len(generated) - len(probes) :] if probes else []
     references = [first_line(answer).strip() for answer in answers]
     answered = [i for i, ref in enumerate(references) if ref]
-    preds = base.predict([(probes[i][1].question, references[i], probes[i][0]) for i in answered])
-    pred_of = dict(zip(answered, preds, strict=True))
+    preds = base.predict(inputs + [(probes[i][1].question, references[i], probes[i][0]) for i in answered])
+    pre: dict[str, dict[str, Any]] = {}
+    for (lang, _), pred, text in zip(keys, preds, loc_texts, strict=False):
+        pre[lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
+    pred_of = dict(zip(answered, preds[len(inputs) :], strict=True))
     for i, ((lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
         entry: dict[str, Any] = {**dataclasses.asdict(probe), "reference": ref, "generated": answer}
         if i in pred_of:
@@ -443,17 +457,14 @@ def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer)
 
 
 def specificity_scores(
-    lang: str, edited: Scorer, references: Sequence[Mapping[str, Any]]
+    references: Sequence[Mapping[str, Any]], preds: Sequence[TokenPrediction], texts: Sequence[str | None]
 ) -> tuple[dict[str, float | None] | None, list[dict[str, Any]]]:
     """Mean Specificity ``{f1, em, gen_em, gen_contains}`` over one language's answered probes (None when no
-    probe has a pre-edit answer), and per probe the post-edit outputs and scores."""
+    probe has a pre-edit answer), and per probe the post-edit outputs and scores. ``preds`` and ``texts``
+    are the post-edit model's, on the answered probes in order."""
     answered = [ref for ref in references if "pred_ids" in ref]
     if not answered:
         return None, []
-    cases = [(ref["question"], ref["reference"], lang) for ref in answered]
-    preds = edited.predict(cases)
-    budgets = [edited.config.probe_tokens] * len(cases)
-    texts: list[str | None] = edited.generate(cases, budgets) if edited.config.generation else [None] * len(cases)
     per_probe = []
     for ref, pred, text in zip(answered, preds, texts, strict=True):
         f1, em = locality_scores(TokenPrediction(ref["pred_ids"], ref["target_ids"]), pred)
@@ -476,6 +487,28 @@ def specificity_scores(
     return mean, per_probe
 
 
+def _untouched(view: EditedView, prompt: str, lang: str) -> bool:
+    """True when no edit acts on ``prompt`` (no cached subject fires, no context is added): the edited model
+    then answers exactly as the untouched one did, and the pre-edit outputs stand for the post-edit ones."""
+    return not view.used_edits(prompt) and view.rewrite(prompt, lang) == prompt
+
+
+def _post_outputs(
+    edited: Scorer,
+    cases: Sequence[tuple[str, str, str]],
+    budgets: Sequence[int],
+    known: Sequence[tuple[TokenPrediction, str | None] | None],
+) -> tuple[list[TokenPrediction], list[str | None]]:
+    """Post-edit teacher-forced predictions and generations of ``cases`` in one pass each; a case whose
+    outputs are ``known`` (an untouched prompt's pre-edit outputs) is not run again."""
+    todo = [i for i, k in enumerate(known) if k is None]
+    preds = edited.predict([cases[i] for i in todo])
+    texts = edited.generate([cases[i] for i in todo], [budgets[i] for i in todo]) if edited.config.generation else []
+    run = {i: (pred, texts[n] if texts else None) for n, (i, pred) in enumerate(zip(todo, preds, strict=True))}
+    outputs = [k if k is not None else run[i] for i, k in enumerate(known)]
+    return [pred for pred, _ in outputs], [text for _, text in outputs]
+
+
 def score_record(
     record: BenchmarkRecord,
     langs: Sequence[str],
@@ -484,15 +517,31 @@ def score_record(
 ) -> tuple[dict[str, dict[str, dict[str, float | None]]], dict[str, dict[str, Any]]]:
     """Per-language, per-metric scores (fractions), and the post-edit outputs behind them for ``langs``:
     ``{lang: {"pred_ids": {metric: teacher-forced ids}, "generated": {metric: text}}}`` (kept in the row
-    so that scores can be recomputed, or answers read, without running the model again)."""
+    so that scores can be recomputed, or answers read, without running the model again). The test cases
+    and the Specificity probes of every language share one teacher-forced and one generation pass; a
+    Locality question or probe that no edit acts on keeps its pre-edit outputs without running again."""
+    config, tokenizer, view = edited.config, edited.tokenizer, edited.view
     keys = _cases(record, langs, METRICS)
     inputs = _case_inputs(record, keys)
-    preds = edited.predict(inputs)
-    texts: list[str | None] = edited.generate(inputs) if edited.config.generation else [None] * len(keys)
-    tokenizer = edited.tokenizer
+    probes = {lang: [r for r in pre.get(lang, {}).get(SPECIFICITY, []) if "pred_ids" in r] for lang in langs}
+    probe_refs = [(lang, r) for lang in langs for r in probes[lang]]
+    cases = inputs + [(r["question"], r["reference"], lang) for lang, r in probe_refs]
+    budgets = [max_new_tokens_for(tokenizer, t, lang, config.gen_extra_tokens) for _, t, lang in inputs]
+    budgets += [config.probe_tokens] * len(probe_refs)
+    known: list[tuple[TokenPrediction, str | None] | None] = []
+    for (lang, metric), (prompt, _, _) in zip(keys, inputs, strict=True):
+        ref = pre.get(lang, {})
+        reusable = metric == LOCALITY and _untouched(view, prompt, lang)
+        pred = TokenPrediction(ref["loc_pred_ids"], ref["loc_target_ids"]) if reusable else None
+        known.append((pred, ref["loc_generated"] if config.generation else None) if pred is not None else None)
+    for lang, r in probe_refs:
+        reusable = _untouched(view, r["question"], lang)
+        generated = r["generated"] if config.generation else None
+        known.append((TokenPrediction(r["pred_ids"], r["target_ids"]), generated) if reusable else None)
+    preds, texts = _post_outputs(edited, cases, budgets, known)
     scores: dict[str, dict[str, dict[str, float | None]]] = {lang: {} for lang in langs}
     outputs: dict[str, dict[str, Any]] = {lang: {"pred_ids": {}} for lang in langs}
-    for (lang, metric), (_, target, _), pred, text in zip(keys, inputs, preds, texts, strict=True):
+    for (lang, metric), (_, target, _), pred, text in zip(keys, inputs, preds, texts, strict=False):
         gen_em = gen_in = None
         if metric == LOCALITY:
             ref = pre[lang]
@@ -507,8 +556,11 @@ def score_record(
         outputs[lang]["pred_ids"][metric] = pred.pred_ids
         if text is not None:
             outputs[lang].setdefault("generated", {})[metric] = text
+    start = len(inputs)
     for lang in langs:
-        mean, per_probe = specificity_scores(lang, edited, pre.get(lang, {}).get(SPECIFICITY, []))
+        end = start + len(probes[lang])
+        mean, per_probe = specificity_scores(probes[lang], preds[start:end], texts[start:end])
+        start = end
         if mean is not None:
             scores[lang][SPECIFICITY] = mean
             outputs[lang][SPECIFICITY] = per_probe
