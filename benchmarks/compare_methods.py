@@ -24,8 +24,8 @@ from pathlib import Path
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES, parse_sources
 from mkedit.eval.report import METRICS, summary_markdown
-from mkedit.eval.runner import SUMMARY_JSON, EvalConfig, run_evaluation
-from mkedit.methods.base import EditMethod
+from mkedit.eval.runner import SUMMARY_JSON, EvalConfig
+from mkedit.eval.variants import Variant, run_in_step
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.registry import build_method, method_names
 from mkedit.models import load_model
@@ -87,32 +87,28 @@ def run_passes(
     records = load_records(args.data, langs, args.limit, args.offset, specificity)
     # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
     # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
-    editors: dict[str, EditMethod] = {}
-    summaries: dict[tuple[str, str], dict] = {}
-    step = args.step or len(records)
-    for end in [*range(step, len(records), step), len(records)]:
-        for method in methods:
-            if method not in editors:
-                overrides = parse_overrides(per_method[method])
-                editors[method] = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
-            for setting in settings:
-                out = args.out / f"{method}-{setting}"
-                config = EvalConfig(
-                    method=method,
-                    model=args.model,
-                    data=args.data,
-                    langs=tuple(langs),
-                    limit=end,
-                    offset=args.offset,
-                    setting=setting,  # type: ignore[arg-type]
-                    generation=not args.no_generation,
-                    specificity=specificity,
-                )
-                print(f"[{method} / {setting}] records 1-{end} -> {out}", file=sys.stderr)
-                summaries[(method, setting)] = run_evaluation(
-                    loaded.model, loaded.tokenizer, loaded.name, records[:end], config, out, editors[method]
-                )
-    return summaries
+    runs: list[Variant] = []
+    for method in methods:
+        overrides = parse_overrides(per_method[method])
+        editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, overrides=overrides)
+        for setting in settings:
+            config = EvalConfig(
+                method=method,
+                model=args.model,
+                data=args.data,
+                langs=tuple(langs),
+                offset=args.offset,
+                setting=setting,  # type: ignore[arg-type]
+                generation=not args.no_generation,
+                specificity=specificity,
+            )
+            runs.append(Variant(f"{method}-{setting}", editor, config, args.out / f"{method}-{setting}"))
+
+    def announce(run: Variant, end: int) -> None:
+        print(f"[{run.config.method} / {run.config.setting}] records 1-{end} -> {run.out_dir}", file=sys.stderr)
+
+    summaries = run_in_step(loaded.model, loaded.tokenizer, loaded.name, records, runs, args.step, announce)
+    return {(run.config.method, run.config.setting): summaries[run.name] for run in runs}
 
 
 def main() -> None:

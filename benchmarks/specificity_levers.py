@@ -25,7 +25,8 @@ from typing import ClassVar
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
 from mkedit.eval.report import read_summary, summary_markdown
-from mkedit.eval.runner import EvalConfig, run_evaluation
+from mkedit.eval.runner import EvalConfig
+from mkedit.eval.variants import Variant, run_in_step
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.lu_lafns import LuLafnEditor
 from mkedit.methods.lu_lafns.config import preset_for
@@ -87,21 +88,15 @@ def main() -> None:
         keep, gate = VARIANTS[name]
         config = base.replace(lambda_keep=args.lambda_keep if keep else 0.0, relation_gate=gate)
         editors[name] = SharedEdits(loaded.model, loaded.tokenizer, config, loaded.name)
-    summaries = {}
-    for end in range(1, len(records) + 1):
-        for name, editor in editors.items():
-            config = EvalConfig(
-                model=args.model,
-                data=args.data,
-                langs=langs,
-                limit=end,
-                offset=args.offset,
-                generation=not args.no_generation,
-            )
-            print(f"[{name}] records {args.offset}-{args.offset + end - 1}", file=sys.stderr)
-            summaries[name] = run_evaluation(
-                loaded.model, loaded.tokenizer, loaded.name, records[:end], config, args.out / name, editor
-            )
+    config = EvalConfig(
+        model=args.model, data=args.data, langs=langs, offset=args.offset, generation=not args.no_generation
+    )
+    runs = [Variant(name, editor, config, args.out / name) for name, editor in editors.items()]
+
+    def announce(variant: Variant, end: int) -> None:
+        print(f"[{variant.name}] records {args.offset}-{args.offset + end - 1}", file=sys.stderr)
+
+    summaries = run_in_step(loaded.model, loaded.tokenizer, loaded.name, records, runs, 1, announce)
     print_table({name: summaries[name] for name in variants})
 
 

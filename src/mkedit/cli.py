@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mkedit.cli_analyze import analyze_app
 from mkedit.cli_cache import cache_app
 from mkedit.cli_common import console, err, fail, load_quietly, method_for_cache, warn
 from mkedit.cli_data import data_app
@@ -45,6 +46,7 @@ from mkedit.runtime.edited_model import ask as ask_view
 app = typer.Typer(help="Multilingual knowledge editing with language-agnostic factual neurons (LU-LAFNs).")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
+app.add_typer(analyze_app, name="analyze")
 app.command("report")(report_command)
 app.command("eval")(eval_command)
 app.command("serve")(serve_command)
