@@ -323,10 +323,10 @@ def parse_layer_sets(text: str) -> list[tuple[int, ...]]:
 
 
 def default_layer_sets(model: str) -> str:
-    """The preset's layers one by one, the preset without its last layer, and the whole preset (the paper
-    picks Table 4's layers from where LAFNs lie; the presets scale its choice)."""
+    """The preset's layers one by one and the whole preset (the paper picks Table 4's layers from where LAFNs
+    lie; the presets scale its choice). Give the model's last layer explicitly to see that it does nothing."""
     layers = preset_for(model).config.layers
-    sets = [(layer,) for layer in layers] + ([layers[:-1]] if len(layers) > 2 else []) + [layers]
+    sets = [(layer,) for layer in layers] + [layers]
     return ";".join(",".join(map(str, s)) for s in dict.fromkeys(sets))
 
 
@@ -492,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers = sub.add_parser("layers", parents=[common], help="Updated layers (Tables 4 and 8)")
     layers.add_argument(
         "--layer-sets",
-        help="';'-separated sets of ','-separated layers (default: the preset's layers one by one, the preset "
-        "without its last layer, the whole preset; qwen2.5-0.5b: '16;17;18;23;16,17,18;16,17,18,23')",
+        help="';'-separated sets of ','-separated layers (default: the preset's layers one by one and the whole "
+        "preset; qwen2.5-0.5b: '16;17;18;16,17,18')",
     )
     beta = sub.add_parser("beta", parents=[common], help="Threshold β and LAFNs per layer (Tables 5 and 9)")
     beta.add_argument("--betas", default="0,0.1,0.2,0.3", help="Comma-separated values in [0, 1)")

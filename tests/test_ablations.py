@@ -94,7 +94,7 @@ def test_edit_log_keeps_the_last_entry_of_a_fact_and_skips_a_truncated_line(
 
 def test_variant_specs_and_defaults(ablations: ModuleType) -> None:
     parser = ablations.build_parser()
-    assert ablations.default_layer_sets("qwen2.5-0.5b") == "16;17;18;23;16,17,18;16,17,18,23"
+    assert ablations.default_layer_sets("qwen2.5-0.5b") == "16;17;18;16,17,18"
     specs = ablations.specs_for(parser.parse_args(["layers", "--layer-sets", "3;1,2;3"]))
     assert [(s.name, s.changes["layers"]) for s in specs] == [("3", (3,)), ("1-2", (1, 2))]
     specs = ablations.specs_for(parser.parse_args(["beta", "--betas", "0,0.25"]))

@@ -333,3 +333,9 @@ def test_last_layer_update_stays_zero_is_not_stored_and_warns(caplog: pytest.Log
     assert str(last) in edit.info["neurons_per_layer"]  # located, trained, found unchanged
     warnings = [r for r in caplog.records if "is the model's last" in r.getMessage()]
     assert len(warnings) == 1  # once per editor, not per edit
+    torch.manual_seed(0)
+    without = LuLafnEditor(editor.model, editor.tokenizer, cfg.replace(layers=(1,)), "tiny").edit(
+        EditGroup(REQUESTS, "g1")
+    )
+    assert sorted(without.tensors) == sorted(edit.tensors)  # the same edit without the last layer
+    assert all(torch.equal(without.tensors[name], edit.tensors[name]) for name in edit.tensors)

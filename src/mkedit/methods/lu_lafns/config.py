@@ -1,7 +1,8 @@
 """Every hyperparameter of LU-LAFNs in one dataclass, with per-model presets.
 
 Paper presets (Sec. 4.1) are copied from the paper. Presets for the packaged CPU models were chosen by
-measurement (see ``benchmarks/preset_search.py`` and the README). Fields the paper leaves open
+measurement (see ``benchmarks/preset_search.py`` and the README), scaling the paper's three middle layers and
+its last one; the last was then dropped, since its update stays exactly zero (the edits are the same without it). Fields the paper leaves open
 (learning rate, steps, norm bound, where the update is added) are documented choices.
 """
 
@@ -23,8 +24,9 @@ EarlyStop = Literal["mean", "every_sequence"]
 class LuLafnConfig(MethodConfig):
     """Hyperparameters of one LU-LAFNs edit."""
 
-    layers: tuple[int, ...] = (-8, -7, -6, -1)
-    """FFN layers whose LAFNs are updated (negative = from the end)."""
+    layers: tuple[int, ...] = (-8, -7, -6)
+    """FFN layers whose LAFNs are updated (negative = from the end). Not the model's last layer: an update at the
+    subject's last token there cannot reach the answer (the paper's presets include it; mkedit warns)."""
     beta: float = 0.0
     """Eq. 5 threshold: keep neurons with ``count / max(count) > beta``."""
     locate_strategy: LocateStrategy = "lafns"
@@ -142,11 +144,11 @@ PRESETS: dict[str, Preset] = {
         Preset("llama-3.1-8b", LuLafnConfig(layers=(11, 12, 13, 31), beta=0.1), ("llama-3.1-8b",), "paper"),
         Preset("qwen2-7b", LuLafnConfig(layers=(19, 20, 21, 27), beta=0.0), ("qwen2-7b",), "paper"),
         Preset("bloomz-7b1-mt", LuLafnConfig(layers=(9, 10, 11, 29), beta=0.2), ("bloomz-7b1",), "paper"),
-        Preset("qwen2.5-0.5b", LuLafnConfig(layers=(16, 17, 18, 23), beta=0.0), ("qwen2.5-0.5b",), "scaled + checked"),
-        Preset("qwen2.5-1.5b", LuLafnConfig(layers=(18, 19, 20, 27), beta=0.0), ("qwen2.5-1.5b",), "scaled"),
-        Preset("smollm2-135m", LuLafnConfig(layers=(18, 19, 20, 29), beta=0.0), ("smollm2-135m",), "scaled"),
-        Preset("gemma3-270m", LuLafnConfig(layers=(11, 12, 13, 17), beta=0.0), ("gemma3-270m",), "scaled"),
-        Preset("default", LuLafnConfig(), (), "rule of thumb: three middle-upper layers and the last"),
+        Preset("qwen2.5-0.5b", LuLafnConfig(layers=(16, 17, 18), beta=0.0), ("qwen2.5-0.5b",), "scaled + checked"),
+        Preset("qwen2.5-1.5b", LuLafnConfig(layers=(18, 19, 20), beta=0.0), ("qwen2.5-1.5b",), "scaled"),
+        Preset("smollm2-135m", LuLafnConfig(layers=(18, 19, 20), beta=0.0), ("smollm2-135m",), "scaled"),
+        Preset("gemma3-270m", LuLafnConfig(layers=(11, 12, 13), beta=0.0), ("gemma3-270m",), "scaled"),
+        Preset("default", LuLafnConfig(), (), "rule of thumb: three middle-upper layers"),
     )
 }
 
