@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from mkedit.data import load_records
 from mkedit.eval.report import read_summary
@@ -41,11 +42,13 @@ class RepackedEdits(LuLafnEditor):
     learned: ClassVar[dict[tuple, Edit]] = {}
     sizes: dict[str, int]  # edit id -> bytes of the stored ΔV
 
-    def edit(self, group: EditGroup) -> Edit:  # type: ignore[override]
-        key = (group.group_id, group.requests)
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
+        """The runner edits through ``edit_facts`` (:class:`mkedit.facts.FactStore`), so the memo sits here."""
+        key = (edit_id, tuple((g.group_id, g.requests) for g in groups))
         if key not in self.learned:
             full = self.config.replace(store_values="float32", store_fraction=1.0)
-            self.learned[key] = LuLafnEditor(self.model, self.tokenizer, full, self.model_name).edit(group)
+            editor = LuLafnEditor(self.model, self.tokenizer, full, self.model_name)
+            self.learned[key] = editor.edit_facts(groups, edit_id, on_step)
         edit = self.learned[key]
         stored = neuron_tensors(neuron_deltas(edit), self.config.store_values, self.config.store_fraction)
         extra = {name: t for name, t in edit.tensors.items() if not name.split("/", 1)[0].isdigit()}

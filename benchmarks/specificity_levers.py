@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
@@ -49,10 +50,11 @@ class SharedEdits(LuLafnEditor):
 
     memo: ClassVar[dict[tuple, Edit]] = {}
 
-    def edit(self, group: EditGroup) -> Edit:  # type: ignore[override]
-        key = (self.config.lambda_keep, group.group_id, group.requests)
+    def edit_facts(self, groups: Sequence[EditGroup], edit_id: str, on_step: Any = None) -> Edit:
+        """The runner edits through ``edit_facts`` (:class:`mkedit.facts.FactStore`), so the memo sits here."""
+        key = (self.config.lambda_keep, edit_id, tuple((g.group_id, g.requests) for g in groups))
         if key not in self.memo:
-            self.memo[key] = super().edit(group)
+            self.memo[key] = super().edit_facts(groups, edit_id, on_step)
         return self.memo[key]
 
 

@@ -2,8 +2,9 @@
 
 Paper presets (Sec. 4.1) are copied from the paper. Presets for the packaged CPU models were chosen by
 measurement (see ``benchmarks/preset_search.py`` and the README), scaling the paper's three middle layers and
-its last one; the last was then dropped, since its update stays exactly zero (the edits are the same without it). Fields the paper leaves open
-(learning rate, steps, norm bound, where the update is added) are documented choices.
+its last one; the last was then dropped, since its update stays exactly zero (the edits are the same without
+it). Fields the paper leaves open (learning rate, steps, norm bound, where the update is added) are
+documented choices.
 """
 
 from __future__ import annotations
