@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -108,3 +109,27 @@ def qwen():
     if not is_installed("qwen2.5-0.5b"):
         pytest.fail("qwen2.5-0.5b is not installed: run scripts/install.sh --dev")
     return load_model("qwen2.5-0.5b")
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    """An ASGI app (``mkedit serve``'s) under uvicorn on a free local port, in a thread; yields its /v1 URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

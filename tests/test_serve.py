@@ -17,10 +17,9 @@ from pathlib import Path
 import openai
 import pytest
 import torch
-import uvicorn
 from openai import OpenAI
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import build_tiny_model, build_tiny_tokenizer, serving
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.methods.view import ModelView
 from mkedit.models.loader import LoadedModel
@@ -90,18 +89,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     cache.add(_edit("e1", "Russia"))
     folder = cache.save(tmp_path_factory.mktemp("serve") / "cache")
     engine = Engine(loaded, folder)
-    sock = _free_socket()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    yield Served(OpenAI(base_url=url, api_key="x", max_retries=0), url, loaded, editor, folder, engine)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(create_app(engine)) as url:
+        yield Served(OpenAI(base_url=url, api_key="x", max_retries=0), url, loaded, editor, folder, engine)
     engine.close()
-    sock.close()
 
 
 def _raw(url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:

@@ -20,6 +20,7 @@ from mkedit.cli_data import data_app
 from mkedit.cli_eval import eval_command
 from mkedit.cli_interrupt import resumable, saved_edits
 from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
+from mkedit.cli_paraphrase import paraphrase_command, with_paraphrases
 from mkedit.cli_report import report_command
 from mkedit.cli_serve import serve_command
 from mkedit.data import load_edit_groups
@@ -50,6 +51,7 @@ app.add_typer(analyze_app, name="analyze")
 app.command("report")(report_command)
 app.command("eval")(eval_command)
 app.command("serve")(serve_command)
+app.command("paraphrase")(paraphrase_command)
 
 
 @app.callback()
@@ -79,6 +81,9 @@ def edit(
     dtype: DtypeOpt = "auto",
     workers: WorkersOpt = 0,
     address: AddressOpt = None,
+    paraphrases: Annotated[
+        Path | None, typer.Option("--paraphrases", help="Paraphrase file (mkedit paraphrase) to locate neurons with")
+    ] = None,
 ) -> None:
     """Edit facts in several languages at once and store the edits in a cache folder.
 
@@ -96,6 +101,8 @@ def edit(
         check_method_options(method, preset, settings)
         check_workers(workers, address)
         groups = load_edit_groups(edits, _split(langs))
+        if paraphrases is not None:
+            groups = with_paraphrases(groups, paraphrases).items
         existing = EditCache.load(out) if (out / INDEX_FILE).is_file() else None
         if existing is not None:
             if method != "lu-lafns" and method != existing.method:

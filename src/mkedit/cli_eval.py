@@ -6,6 +6,7 @@ chosen method's hyperparameters, and the values in force are recorded in the run
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from rich.progress import (
 
 from mkedit.cli_interrupt import resumable, saved_records
 from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
+from mkedit.cli_paraphrase import with_paraphrases
 from mkedit.cli_report import console_table
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
@@ -88,6 +90,10 @@ def eval_command(
     dtype: DtypeOpt = "auto",
     workers: WorkersOpt = 0,
     address: AddressOpt = None,
+    paraphrases: Annotated[
+        Path | None,
+        typer.Option("--paraphrases", help="Paraphrase file (mkedit paraphrase) to locate neurons with"),
+    ] = None,
 ) -> None:
     """Evaluate an editing method on a benchmark: the paper's four metrics (F1/EM) and generation scores.
 
@@ -117,6 +123,10 @@ def eval_command(
             probe_templates=str(probe_templates) if probe_templates else None,
         )
         records = load_records(data, config.langs, limit, offset, config.specificity, config.probe_templates)
+        if paraphrases is not None:
+            attached = with_paraphrases(records, paraphrases)
+            records = attached.items
+            config = dataclasses.replace(config, paraphrases=str(paraphrases), paraphrases_sha256=attached.sha256)
         check_workers(workers, address, sequential)
         columns = (
             TextColumn("{task.description}"),

@@ -75,6 +75,7 @@ from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.view import EditedView, ModelView
 from mkedit.models.fingerprint import model_fingerprint
 from mkedit.runtime.cache import INDEX_FILE, Edit, EditCache
+from mkedit.runtime.jsonl import read_jsonl
 from mkedit.runtime.subject import PLACEMENT_KINDS, SubjectSpan, place_subject, placement_kind
 from mkedit.types import BenchmarkRecord, EditGroup, Probe
 
@@ -329,41 +330,12 @@ def _parse_row(line: bytes) -> dict[str, Any]:
 
 
 def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
-    """The rows of ``records.jsonl`` in file order.
-
-    A last line that does not parse is what an interrupted append leaves: it is dropped, and with
-    ``repair`` cut off the file so the next append starts on a fresh line. A bad line elsewhere means
-    the file was damaged otherwise, and is an error rather than silently lost results.
-    """
+    """The rows of ``records.jsonl`` in file order (none when it does not exist). A torn last line, left by an
+    interrupted append, is dropped (and with ``repair`` cut off); a bad line elsewhere is an error
+    (:func:`mkedit.runtime.jsonl.read_jsonl`)."""
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    segments = data.split(b"\n")
-    filled = [i for i, seg in enumerate(segments) if seg.strip()]
-    last = filled[-1] if filled else -1
-    rows: list[dict[str, Any]] = []
-    offset = keep_end = 0
-    for i, seg in enumerate(segments):
-        end = offset + len(seg) + (1 if i < len(segments) - 1 else 0)
-        if seg.strip():
-            try:
-                rows.append(_parse_row(seg))
-            except (UnicodeDecodeError, ValueError) as exc:
-                if i != last:
-                    message = f"{path}: line {i + 1} is not a record row ({exc}); fix or delete it"
-                    raise DataFormatError(message) from exc
-                log.warning("%s: dropping a truncated last line (%d bytes)", path, len(seg))
-                break
-        keep_end = offset = end
-    if repair and (keep_end < len(data) or not data.endswith(b"\n")) and data:
-        with open(path, "r+b") as fh:
-            fh.truncate(keep_end)
-            if keep_end and not data[:keep_end].endswith(b"\n"):
-                fh.seek(keep_end)
-                fh.write(b"\n")  # a complete last row whose newline was not written yet
-            fh.flush()
-            os.fsync(fh.fileno())
-    return rows
+    return [row for _, row in read_jsonl(path, _parse_row, repair=repair, what="a record row")]
 
 
 def _append_row(fh: Any, row: Mapping[str, Any]) -> None:
