@@ -336,3 +336,33 @@ def test_mkedit_serve_command(tmp_path: Path) -> None:
         stdout, stderr = server.communicate(timeout=60)
     assert stdout == ""
     assert "serving" in stderr and "1 edit(s)" in stderr
+
+
+def test_a_gated_cache_fires_on_its_question_not_on_another_about_the_subject(
+    tmp_path: Path,
+) -> None:
+    """What `mkedit edit` makes (relation gate on) served through chat: the chat template around a question
+    does not keep the gate from firing, and another relation of the subject keeps the edit off."""
+    from mkedit.types import EditGroup, EditRequest
+
+    model = build_tiny_model("qwen2")
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    settings = {"layers": "1,2", "max_steps": "2", "num_prefixes": "1", "relation_gate": "true"}
+    editor = LuLafnEditor(model, tokenizer, LuLafnConfig().with_overrides(settings), model_name=NAME)
+    cache = editor.new_cache()
+    request = EditRequest("en", "Eiffel Tower", "In which city is the Eiffel Tower located?", "Rome")
+    cache.add(editor.edit(EditGroup((request,), "city")))
+    folder = cache.save(tmp_path / "cache")
+    engine = Engine(LoadedModel(model, tokenizer, NAME), folder)
+    with serving(create_app(engine)) as url:
+        client = OpenAI(base_url=url, api_key="x", max_retries=0)
+
+        def applied(question: str) -> list[str]:
+            messages = [{"role": "user", "content": question}]
+            reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=2, temperature=0)
+            return reply.model_extra[EDITS_FIELD]
+
+        assert applied("Where is the Eiffel Tower located?") == ["city"]
+        assert applied("Who designed the Eiffel Tower?") == []
+    engine.close()
