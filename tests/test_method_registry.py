@@ -112,6 +112,9 @@ def test_cli_methods_lists_every_method_and_its_keys() -> None:
     for name in method_names():
         assert f"{name}: " in result.output
     assert "  beta (float; default 0.0): Eq. 5 threshold" in result.output
+    # Every preset says how it was chosen; those never measured say so.
+    assert "    qwen2-7b: layers 19,20,21,27, beta 0.0; the paper's" in result.output
+    assert "    smollm2-135m: layers 18,19,20, beta 0.0; scaled" in result.output and "not measured" in result.output
 
 
 def test_cli_unknown_set_key_fails_before_loading(tmp_path) -> None:

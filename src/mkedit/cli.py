@@ -180,6 +180,10 @@ def methods() -> None:
             value = defaults[field]
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
             typer.echo(f"  {field} ({kind}; default {shown}): {doc}")
+        if notes := cls.preset_notes():
+            typer.echo("  presets (--preset NAME; by default the one whose name occurs in the model's):")
+            for preset, note in notes.items():
+                typer.echo(f"    {preset}: {note}")
         typer.echo("")
     typer.echo("Layer choices and presets depend on the model: the values in force are written to run.json.")
 

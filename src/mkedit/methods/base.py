@@ -91,6 +91,11 @@ class EditMethod(ABC, Generic[ConfigT]):
         """The named preset's configuration; methods without presets refuse."""
         raise ConfigError(f"method {cls.name} has no presets (got --preset {name})")
 
+    @classmethod
+    def preset_notes(cls) -> dict[str, str]:
+        """Preset name -> what it sets and how it was chosen (``mkedit methods``); none by default."""
+        return {}
+
     def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
         """Layer indices as sorted, distinct, non-negative ones (``-1`` = the last layer); range-checked."""
         return tuple(sorted({self.adapter.resolve_layer(layer) for layer in layers}))

@@ -14,7 +14,7 @@ from mkedit.methods.base import EditMethod, edit_id_for, group_info
 from mkedit.methods.common.batch import TrainSequence, line_break_id, sequences_for_request, subject_prompt
 from mkedit.methods.common.keep import keep_prompts, keep_templates
 from mkedit.methods.common.weights import only_trainable
-from mkedit.methods.lu_lafns.config import LuLafnConfig, get_preset, preset_for
+from mkedit.methods.lu_lafns.config import PRESETS, LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
 from mkedit.methods.registry import register_method
@@ -58,6 +58,13 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
     @classmethod
     def preset_config(cls, name: str) -> LuLafnConfig:
         return get_preset(name).config
+
+    @classmethod
+    def preset_notes(cls) -> dict[str, str]:
+        return {
+            name: f"layers {','.join(map(str, p.config.layers))}, beta {p.config.beta}; {p.source}"
+            for name, p in PRESETS.items()
+        }
 
     def locate(self, group: EditGroup) -> LocateResult:
         cfg = self.config
