@@ -489,11 +489,11 @@ def test_untouched_prompts_keep_their_pre_edit_outputs_exactly(
 ) -> None:
     """Locality questions and probes that no edit acts on are not run again: the rows equal a run that
     recomputes every case, one case per forward (batch size 1), with and without generation."""
-    import mkedit.eval.runner as runner
+    import mkedit.eval.scoring as scoring
 
     rerun: list[str] = []
-    untouched = runner._untouched
-    monkeypatch.setattr(runner, "_untouched", lambda view, prompt, lang: rerun.append(prompt) and False)
+    untouched = scoring._untouched
+    monkeypatch.setattr(scoring, "_untouched", lambda view, prompt, lang: rerun.append(prompt) and False)
     _run(tiny, data_file, tmp_path / "all", batch_size=1)
     reused = [prompt for prompt in rerun if untouched(EditedModel(tiny[0], tiny[1], []), prompt, "")]
     assert reused  # the fixture's Locality questions name no edited subject

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mkedit.demo import demo_records
-from mkedit.eval.runner import EvalConfig, Scorer
+from mkedit.eval.runner import EvalConfig
+from mkedit.eval.scoring import Scorer
 from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.registry import build_method
 from mkedit.methods.view import ModelView
