@@ -22,7 +22,6 @@ its rows, which the β table counts. Tables go to stdout (``--json``: the same a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -42,6 +41,7 @@ from mkedit.methods.config import ConfigError, parse_overrides
 from mkedit.methods.lu_lafns import LocateResult, LuLafnConfig, LuLafnEditor, preset_for
 from mkedit.models import load_model
 from mkedit.models.device import add_device_options
+from mkedit.paraphrase import attach_to_records
 from mkedit.runtime.cache import Edit
 from mkedit.types import BenchmarkRecord, EditGroup
 
@@ -330,23 +330,8 @@ def default_layer_sets(model: str) -> str:
     return ";".join(",".join(map(str, s)) for s in dict.fromkeys(sets))
 
 
-def paraphrase_support() -> str | None:
-    """What this mkedit lacks for locating with a paraphrase file, or None."""
-    fields = {f.name for f in dataclasses.fields(EvalConfig)}
-    missing = [f"EvalConfig.{name}" for name in ("paraphrases", "paraphrases_sha256") if name not in fields]
-    try:
-        from mkedit.paraphrase import attach_to_records  # noqa: F401  (landing separately)
-    except ImportError:
-        missing.append("mkedit.paraphrase.attach_to_records")
-    if not missing:
-        return None
-    return f"this mkedit has no {', '.join(missing)} (the paraphrase file attached to a run's records)"
-
-
 def with_paraphrases(records: list[BenchmarkRecord], path: Path) -> tuple[list[BenchmarkRecord], dict[str, str]]:
     """``records`` with the paraphrase file attached, and the EvalConfig fields that record which file."""
-    from mkedit.paraphrase import attach_to_records
-
     attached = attach_to_records(records, path)
     pairs = sum(len(r.group.requests) for r in records)
     print(
@@ -374,11 +359,6 @@ def specs_for(args: argparse.Namespace) -> list[Spec]:
     if not strategies or unknown:
         raise ValueError(f"--strategies: unknown {unknown or args.strategies!r}; choose from {', '.join(STRATEGIES)}")
     if "paraphrases" in strategies or args.paraphrases:
-        if missing := paraphrase_support():
-            raise ValueError(
-                f"the paraphrases strategy cannot run: {missing}. Leave it out (--strategies no-pgs,all,random) "
-                "until it lands"
-            )
         if args.paraphrases is None:
             raise ValueError("the paraphrases strategy needs --paraphrases FILE (the paraphrase JSONL)")
         if not Path(args.paraphrases).is_file():

@@ -111,13 +111,9 @@ def test_variant_specs_and_defaults(ablations: ModuleType) -> None:
         ablations.base_config("qwen2.5-0.5b", ["beta=0.1"], "beta")
 
 
-def test_paraphrases_strategy_names_what_is_missing(ablations: ModuleType, tmp_path: Path) -> None:
+def test_paraphrases_strategy_needs_an_existing_file(ablations: ModuleType, tmp_path: Path) -> None:
     parser = ablations.build_parser()
     args = parser.parse_args(["locate", "--strategies", "paraphrases"])
-    if ablations.paraphrase_support() is not None:
-        with pytest.raises(ValueError, match=r"EvalConfig\.paraphrases"):
-            ablations.specs_for(args)
-        return
     with pytest.raises(ValueError, match="--paraphrases FILE"):
         ablations.specs_for(args)
     path = tmp_path / "p.jsonl"
@@ -192,8 +188,6 @@ def test_layers_and_locate_tables(ablations: ModuleType) -> None:
 
 
 def test_paraphrases_variant_locates_with_the_file(ablations: ModuleType, tmp_path: Path) -> None:
-    if ablations.paraphrase_support() is not None:
-        pytest.skip(ablations.paraphrase_support())
     model, tokenizer = build_tiny_model("qwen2"), build_tiny_tokenizer()
     data = _data(tmp_path)
     records = load_records(data, ["en", "zh"], 1)
