@@ -10,7 +10,6 @@ from typing import Annotated
 
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mkedit import __version__
@@ -25,7 +24,7 @@ from mkedit.analysis.outputs import (
     write_plot,
 )
 from mkedit.arch import get_adapter
-from mkedit.cli_common import console, err, fail, load_quietly, warn
+from mkedit.cli_common import console, err, fail, load_quietly, progress_bar, warn
 from mkedit.cli_options import DeviceOpt, DtypeOpt, ModelOpt
 from mkedit.errors import MkeditError
 from mkedit.models.registry import DEFAULT_MODEL
@@ -127,15 +126,7 @@ def lafns_command(
                 adapter.resolve_layer(layer)
         except ValueError as exc:
             raise LayerSpecError(f"--layers {layers}: {exc}") from exc
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err) as bar:
+        with progress_bar() as bar:
             tasks = {c.lang: bar.add_task(f"{c.lang} sentences", total=len(c.sentences)) for c in corpora}
             study = run_lafn_study(
                 loaded.model,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mkedit.methods.base import EditMethod
 from mkedit.methods.config import ConfigError
@@ -15,6 +16,19 @@ from mkedit.runtime.cache import EditCache
 
 console = Console()  # results
 err = Console(stderr=True)  # status, logs, errors: `--json | jq` keeps working
+
+
+def progress_bar() -> Progress:
+    """The long commands' progress bar, on stderr: what, bar, done / total, time taken and time left."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=err)
 
 
 def fail(exc: Exception) -> typer.Exit:

@@ -13,15 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from mkedit.cli_common import progress_bar
 from mkedit.cli_interrupt import resumable, saved_records
 from mkedit.cli_options import AddressOpt, DeviceOpt, DtypeOpt, LangsOpt, MethodOpt, ModelOpt, SetOpt, WorkersOpt
 from mkedit.cli_paraphrase import with_paraphrases
@@ -128,14 +121,6 @@ def eval_command(
             records = attached.items
             config = dataclasses.replace(config, paraphrases=str(paraphrases), paraphrases_sha256=attached.sha256)
         check_workers(workers, address, sequential)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
-        )
         if workers:
             spec = WorkerSpec(model, device, dtype, method, preset, settings)
             with err.status(f"starting {workers} Ray worker(s), each loading {model}"):
@@ -144,7 +129,7 @@ def eval_command(
             with err.status(f"loading {model}"):
                 loaded = load_model(model, device=device, dtype=dtype, progress=lambda msg: err.log(msg))
             editor = build_method(method, loaded.model, loaded.tokenizer, loaded.name, preset, settings)
-        with Progress(*columns, console=err) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("records", total=None)
 
             def on_progress(done: int, total: int, record_id: str) -> None:

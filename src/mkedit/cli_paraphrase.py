@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mkedit.cli_common import console, err, fail, load_quietly, warn
+from mkedit.cli_common import console, err, fail, load_quietly, progress_bar, warn
 from mkedit.cli_interrupt import resumable
 from mkedit.cli_options import DeviceOpt, DtypeOpt, LangsOpt, ModelOpt
 from mkedit.data import load_records
@@ -153,14 +152,7 @@ def paraphrase_command(
                 paraphraser = OpenAISource(api_base, api_model, api_key_env, sampling)
             else:
                 paraphraser = LocalSource(load_quietly(model, device, dtype), sampling, batch_size)
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            with Progress(*columns, console=err) as bar:
+            with progress_bar() as bar:
                 task = bar.add_task(f"paraphrasing ({paraphraser.name})", total=len(todo))
                 result = generate(
                     todo, paraphraser, store, lambda done, total: bar.update(task, completed=done), min_score
