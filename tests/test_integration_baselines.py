@@ -14,6 +14,7 @@ from mkedit.demo import demo_records
 from mkedit.eval.runner import EvalConfig
 from mkedit.eval.scoring import Scorer
 from mkedit.methods.common.weights import weights_checksum
+from mkedit.methods.locate_edit import stats as stats_module
 from mkedit.methods.registry import build_method
 from mkedit.methods.view import ModelView
 from mkedit.prompting import encode_prompt_answer
@@ -159,7 +160,11 @@ def stats_corpus(folder: Path) -> str:
 
 
 @pytest.mark.parametrize("name", ["m-rome", "lora-ft", "remake"])
-def test_baseline_edit_gives_new_answer_in_english_and_chinese(qwen, name: str, tmp_path: Path) -> None:
+def test_baseline_edit_gives_new_answer_in_english_and_chinese(
+    qwen, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The statistics of this throwaway corpus go to tmp_path, not the user's cache (~95 MB per layer and language).
+    monkeypatch.setattr(stats_module, "stats_root", lambda: tmp_path / "stats")
     settings = {"stats_corpus": stats_corpus(tmp_path)} if name == "m-rome" else {}
     group = demo_records()[RECORD.get(name, 0)].group.restrict(["en", "zh"])
     cases = [(r.question, r.answer, r.lang) for r in group.requests]
