@@ -6,7 +6,7 @@ library, then prints:
 - Table 2 layout: multilingual setting, teacher-forced F1 / EM per language and metric, and ``avg``;
 - Table 3 layout: per language, the mean EM of the four metrics when that language alone is edited
   (monolingual) and when all are edited together (multilingual), and the conflict = multilingual − monolingual;
-- seconds per edit and the one-off preparation time (key statistics of the locate-then-edit methods).
+- seconds per edit (mean and median) and the one-off preparation time (key statistics of the locate-then-edit methods).
 
     python benchmarks/compare_methods.py --data ../shared/data/bizsre/bizsre_test.json --langs en,zh \
         --limit 30 --step 5 --out runs/compare --set m-rome:stats_corpus=../shared/data/mzsre/train ...
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES, parse_sources
 from mkedit.eval.report import METRICS, summary_markdown
-from mkedit.eval.runner import SUMMARY_JSON, EvalConfig
+from mkedit.eval.runner import RECORDS_FILE, SUMMARY_JSON, EvalConfig, read_rows
 from mkedit.eval.variants import Variant, run_in_step
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.registry import build_method, method_names
@@ -55,20 +56,30 @@ def conflict_table(summaries: dict[tuple[str, str], dict], methods: list[str], l
     return "\n".join(lines)
 
 
-def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str]) -> str:
+def median_seconds(out: Path, method: str, setting: str, record_ids: set[str]) -> float | None:
+    """Median seconds per edit over the window's rows: unlike the mean in the summary, one edit slowed by other
+    jobs (or a paused process) barely moves it."""
+    rows = read_rows(out / f"{method}-{setting}" / RECORDS_FILE, repair=False)
+    times = [e["seconds"] for row in rows if row["record_id"] in record_ids for e in row.get("edits", [])]
+    return statistics.median(times) if times else None
+
+
+def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str], medians: dict) -> str:
     lines = [
-        "| Method | Setting | Records | s / edit | key statistics (s, once per model; this call) |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| Method | Setting | Records | s / edit (mean) | s / edit (median) "
+        "| key statistics (s, once per model; this call) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for method in methods:
         for setting in SETTINGS:
             s = summaries.get((method, setting))
             if s:
-                spe = s.get("seconds_per_edit")
+                spe, med = s.get("seconds_per_edit"), medians.get((method, setting))
                 prep = s.get("prepare_seconds")
                 once = s.get("one_off_seconds")
                 lines.append(
                     f"| {method} | {setting} | {s['n_records']} | {'—' if spe is None else f'{spe:.1f}'} | "
+                    f"{'—' if med is None else f'{med:.1f}'} | "
                     f"{'—' if once is None else f'{once:.0f}'}; {'—' if prep is None else f'{prep:.1f}'} |"
                 )
     return "\n".join(lines)
@@ -164,8 +175,10 @@ def main() -> None:
     if any(setting == "monolingual" for _, setting in summaries):
         print("## Monolingual vs multilingual: mean EM of the four metrics (Table 3 layout)\n")
         print(conflict_table(summaries, methods, langs) + "\n")
+    window = {r.record_id for r in load_records(args.data, langs, args.limit, args.offset)}
+    medians = {key: median_seconds(args.out, *key, window) for key in summaries}
     print("## Time\n")
-    print(timing_table(summaries, methods))
+    print(timing_table(summaries, methods, medians))
 
 
 if __name__ == "__main__":
