@@ -64,7 +64,9 @@ def median_seconds(out: Path, method: str, setting: str, record_ids: set[str]) -
     return statistics.median(times) if times else None
 
 
-def timing_table(summaries: dict[tuple[str, str], dict], methods: list[str], medians: dict) -> str:
+def timing_table(
+    summaries: dict[tuple[str, str], dict], methods: list[str], medians: dict[tuple[str, str], float | None]
+) -> str:
     lines = [
         "| Method | Setting | Records | s / edit (mean) | s / edit (median) "
         "| key statistics (s, once per model; this call) |",
