@@ -31,6 +31,7 @@ from mkedit.methods.config import parse_overrides
 from mkedit.methods.registry import build_method, method_names
 from mkedit.models import load_model
 from mkedit.models.device import add_device_options
+from mkedit.types import BenchmarkRecord
 
 SETTINGS = ("multilingual", "monolingual")
 
@@ -93,11 +94,11 @@ def run_passes(
     settings: list[str],
     langs: list[str],
     per_method: dict[str, list[str]],
+    records: list[BenchmarkRecord],
 ) -> dict[tuple[str, str], dict]:
     """Run (or resume) every method and setting, ``args.step`` more records per pass; the last summaries."""
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     specificity = parse_sources(args.specificity)
-    records = load_records(args.data, langs, args.limit, args.offset, specificity)
     # One instance per method across settings and passes: the locate-then-edit methods then reuse a fact's
     # learned values in the second setting (see LocateEditMethod), as the reference MEMIT reuses its z.
     runs: list[Variant] = []
@@ -160,6 +161,7 @@ def main() -> None:
             parser.error(f"--set {item}: {method!r} is not one of --methods")
         per_method[method].append(pair)
 
+    records = load_records(args.data, langs, args.limit, args.offset, parse_sources(args.specificity))
     summaries: dict[tuple[str, str], dict] = {}
     if args.report_only:
         for method in methods:
@@ -168,7 +170,7 @@ def main() -> None:
                 if path.is_file():
                     summaries[(method, setting)] = json.loads(path.read_text(encoding="utf-8"))
     else:
-        summaries = run_passes(args, methods, settings, langs, per_method)
+        summaries = run_passes(args, methods, settings, langs, per_method, records)
 
     multi = [summaries[(m, "multilingual")] for m in methods if (m, "multilingual") in summaries]
     if multi:
@@ -177,7 +179,7 @@ def main() -> None:
     if any(setting == "monolingual" for _, setting in summaries):
         print("## Monolingual vs multilingual: mean EM of the four metrics (Table 3 layout)\n")
         print(conflict_table(summaries, methods, langs) + "\n")
-    window = {r.record_id for r in load_records(args.data, langs, args.limit, args.offset)}
+    window = {r.record_id for r in records}
     medians = {key: median_seconds(args.out, *key, window) for key in summaries}
     print("## Time\n")
     print(timing_table(summaries, methods, medians))

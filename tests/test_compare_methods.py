@@ -28,7 +28,7 @@ def _write_rows(folder: Path, seconds: dict[str, list[float]]) -> None:
 
 
 def test_median_covers_the_window_and_every_edit_of_a_row(compare: ModuleType, tmp_path: Path) -> None:
-    # r2 was paused for an hour: the mean would read 1,220 s, the median stays with the typical edit.
+    # r2 was paused for an hour: the mean per edit would read 728 s, the median stays with the typical edit.
     _write_rows(tmp_path / "m-multilingual", {"r1": [10.0], "r2": [3600.0, 12.0], "r3": [11.0, 9.0], "r9": [1.0]})
     assert compare.median_seconds(tmp_path, "m", "multilingual", {"r1", "r2", "r3"}) == 11.0
     assert compare.median_seconds(tmp_path, "m", "multilingual", {"r4"}) is None
