@@ -252,6 +252,23 @@ def test_early_stop_when_nll_below_threshold() -> None:
     assert all(bool((d == 0).all()) for d in result.deltas.values())
 
 
+def test_early_stop_keeps_the_update_it_measured() -> None:
+    """The step that stops returns the ΔV whose loss it measured: the same as stopping one step earlier by
+    ``max_steps`` (no update follows the stopping measurement)."""
+    adapter = get_adapter(build_tiny_model("llama"))
+    lafns = random_lafns(adapter.d_ffn)
+    nll_at = optimize_delta(adapter, training_sequences(), lafns, config(max_steps=4, lambda_kl=0.0), 0)
+    threshold = (nll_at.history[2] + nll_at.history[3]) / 2  # without KL the loss is the answer NLL
+    assert nll_at.history[3] < threshold < min(nll_at.history[:3])
+    stopped = optimize_delta(
+        adapter, training_sequences(), lafns, config(max_steps=10, lambda_kl=0.0, early_stop_nll=threshold), 0
+    )
+    three = optimize_delta(adapter, training_sequences(), lafns, config(max_steps=3, lambda_kl=0.0), 0)
+    assert stopped.steps == 4
+    for layer in LAYERS:
+        torch.testing.assert_close(stopped.deltas[layer], three.deltas[layer])
+
+
 def _group() -> EditGroup:
     return EditGroup(REQUESTS, "g1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 
 import torch
@@ -18,6 +18,8 @@ from mkedit.methods.lu_lafns.config import PRESETS, LuLafnConfig, get_preset, pr
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
 from mkedit.methods.lu_lafns.optimize import optimize_delta
 from mkedit.methods.registry import register_method
+from mkedit.models.compute_dtype import ComputeDtype
+from mkedit.models.device import DTYPES
 from mkedit.runtime.cache import Edit
 from mkedit.runtime.deltas import neuron_tensors
 from mkedit.runtime.edited_model import EditedModel
@@ -118,7 +120,8 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             raise ValueError("edit_facts needs at least one fact")
         self._warn_unreachable_layers()
         t0 = time.perf_counter()
-        located = [self.locate(group) for group in groups]
+        with self._computing():
+            located = [self.locate(group) for group in groups]
         lafns = _union(located)
         t1 = time.perf_counter()
         sequences: list[TrainSequence] = []
@@ -138,7 +141,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             if k == 1
             else self.config.replace(early_stop="every_sequence", max_steps=self.config.max_steps * k)
         )
-        with only_trainable(self.model):
+        with only_trainable(self.model), self._computing():
             result = optimize_delta(self.adapter, sequences, lafns, config, self.tokenizer.pad_token_id, on_step)
         sizes = {layer: int(idx.numel()) for layer, idx in lafns.items()}
         log.info(
@@ -175,6 +178,17 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             assert self._gate is not None  # prepare_config builds it when relation_gate is on
             tensors[GATE_KEYS] = torch.cat([gate_keys(self._gate.encoder, group) for group in groups])
         return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
+
+    _compute: ComputeDtype | None = None
+
+    def _computing(self) -> AbstractContextManager[None]:
+        """The model in ``compute_dtype`` (its weights cast once per editor and kept), or as it is."""
+        if self.config.compute_dtype == "model":
+            return nullcontext()
+        dtype = DTYPES[self.config.compute_dtype]
+        if self._compute is None or self._compute.dtype != dtype:
+            self._compute = ComputeDtype(self.model, dtype)
+        return self._compute.active()
 
     _warned_layers = False
 

@@ -138,9 +138,10 @@ def optimize_delta(
         v = torch.cat(base_values[layer])[:, lafns[layer].to(device)].float()
         bounds[layer] = config.max_delta_norm_ratio * max(float(v.norm(dim=-1).mean()), 1e-3)
 
-    dtype = next(adapter.model.parameters()).dtype
+    # float32 whatever the model's dtype: Adam's small steps would round away in bfloat16 (hooks cast on use)
     deltas = {
-        layer: torch.zeros(lafns[layer].numel(), device=device, dtype=dtype, requires_grad=True) for layer in layers
+        layer: torch.zeros(lafns[layer].numel(), device=device, dtype=torch.float32, requires_grad=True)
+        for layer in layers
     }
     updates = {EDIT_KEY: {layer: (lafns[layer].to(device), deltas[layer]) for layer in layers}}
     optimizer = torch.optim.Adam(list(deltas.values()), lr=config.learning_rate)
@@ -149,18 +150,18 @@ def optimize_delta(
     steps = 0
     for step in range(config.max_steps):
         optimizer.zero_grad(set_to_none=True)
-        total = nll = kl = keep = worst = 0.0
-        for prep in prepared:
-            loss, part_nll, part_kl, part_keep, part_worst = _batch_loss(adapter, prep, cfg, first_layer, updates)
-            loss.backward()
-            total, nll, kl, keep = total + loss.item(), nll + part_nll, kl + part_kl, keep + part_keep
-            worst = max(worst, part_worst)
+        parts = [_batch_loss(adapter, prep, cfg, first_layer, updates) for prep in prepared]
+        loss = torch.stack([part[0] for part in parts]).sum()
+        total = loss.item()
+        nll, kl, keep = (sum(part[i] for part in parts) for i in (1, 2, 3))
+        worst = max(part[4] for part in parts)
         history.append(total)
         steps = step + 1
         if on_step is not None:
             on_step(steps, total)
         if (worst if config.early_stop == "every_sequence" else nll) < config.early_stop_nll:
-            break
+            break  # before the backward pass, which this step no longer needs
+        loss.backward()
         optimizer.step()
         with torch.no_grad():
             for layer, delta in deltas.items():

@@ -1,0 +1,44 @@
+"""Run a loaded model in another floating dtype for a while, leaving its own weights untouched.
+
+An edit on a float32 model can be computed in bfloat16 (about twice as fast on CPUs with native bfloat16
+matmuls) while evaluation and serving keep the float32 model: inside :meth:`ComputeDtype.active` every
+floating parameter's data is a cast copy, made once and kept, and on exit the original tensors are put back
+(the same objects, so nothing is rounded). Buffers are left alone (rotary frequencies stay float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class ComputeDtype:
+    """Swaps ``model``'s floating parameters for ``dtype`` copies while :meth:`active`; a no-op when the model
+    already is in ``dtype``. The copies are kept between calls (memory: one more model in ``dtype``)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        self.model = model
+        self.dtype = dtype
+        self._copies: dict[int, torch.Tensor] = {}
+
+    @property
+    def changes_model(self) -> bool:
+        return any(p.is_floating_point() and p.dtype != self.dtype for p in self.model.parameters())
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        params = [p for p in self.model.parameters() if p.is_floating_point() and p.dtype != self.dtype]
+        originals = [p.data for p in params]
+        try:
+            for param, data in zip(params, originals, strict=True):
+                copy = self._copies.get(id(param))
+                if copy is None or copy.shape != data.shape or copy.device != data.device:
+                    copy = self._copies[id(param)] = data.to(self.dtype)
+                param.data = copy
+            yield
+        finally:
+            for param, data in zip(params, originals, strict=True):
+                param.data = data

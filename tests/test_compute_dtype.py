@@ -1,0 +1,89 @@
+"""An edit computed in another dtype (``compute_dtype``): the model runs in it only while editing, and gets its
+own float32 weights back bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer
+from mkedit.methods.common.weights import weights_checksum
+from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor, get_preset, preset_for
+from mkedit.models.compute_dtype import ComputeDtype
+from mkedit.types import EditGroup, EditRequest
+
+TINY = LuLafnConfig().with_overrides({"layers": "1,2", "max_steps": "4", "num_prefixes": "1", "early_stop_nll": "0"})
+GROUP = EditGroup(
+    (
+        EditRequest("en", "Russia", "Who is the president of Russia?", "Boris"),
+        EditRequest("zh", "俄罗斯", "俄罗斯的总统是谁？", "鲍里斯"),
+    ),
+    "g1",
+)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_runs_in_the_compute_dtype_and_gets_its_own_weights_back(family: str) -> None:
+    model = build_tiny_model(family)
+    params = list(model.parameters())
+    originals = [(p.data_ptr(), p.data.clone()) for p in params]
+    ids = torch.tensor([[5, 17, 42, 9]])
+    compute = ComputeDtype(model, torch.bfloat16)
+    assert compute.changes_model
+    with torch.no_grad():
+        reference = model(ids).logits
+        with compute.active():
+            assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+            first = [p.data_ptr() for p in model.parameters()]
+            low = model(ids).logits
+        with compute.active():  # the casts are made once and reused
+            assert [p.data_ptr() for p in model.parameters()] == first
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.05)  # close, not equal: bf16 rounds
+    for param, (pointer, saved) in zip(params, originals, strict=True):
+        assert param.data_ptr() == pointer  # the very tensors, so nothing was rounded
+        assert torch.equal(param.data, saved)
+
+
+def test_weights_come_back_after_an_error_inside() -> None:
+    model = build_tiny_model("qwen2")
+    with pytest.raises(RuntimeError, match="inside"), ComputeDtype(model, torch.bfloat16).active():
+        raise RuntimeError("inside")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_same_dtype_changes_nothing() -> None:
+    model = build_tiny_model("llama")
+    compute = ComputeDtype(model, torch.float32)
+    assert not compute.changes_model
+    before = [p.data_ptr() for p in model.parameters()]
+    with compute.active():
+        assert [p.data_ptr() for p in model.parameters()] == before
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_bfloat16_edit_learns_and_leaves_the_float32_model_untouched(family: str) -> None:
+    """The edit is located and optimised in bfloat16; its ΔV is float32 and lowers the answer's NLL as the
+    float32 edit's does, and the model's float32 weights are bit-identical afterwards."""
+    model = build_tiny_model(family)
+    tokenizer = build_tiny_tokenizer()
+    before = weights_checksum(model)
+    edits = {}
+    for name in ("model", "bfloat16"):
+        editor = LuLafnEditor(model, tokenizer, TINY.replace(compute_dtype=name), "tiny")
+        history: list[float] = []
+        edits[name] = (editor.edit(GROUP, on_step=lambda _step, loss, h=history: h.append(loss)), history)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(weights_checksum(model), before)
+    fp32, bf16 = edits["model"][1], edits["bfloat16"][1]
+    assert len(fp32) == len(bf16) == 4
+    assert bf16[-1] < bf16[0]
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # ΔV = 0 at step 1: the same objective, rounded
+    tensors = edits["bfloat16"][0].tensors
+    assert edits["model"][0].tensors.keys() == tensors.keys()
+
+
+def test_fast_preset_is_the_model_preset_in_bfloat16_with_two_prefixes_and_is_never_picked_by_name() -> None:
+    fast = get_preset("qwen2.5-0.5b-fast").config
+    assert fast == preset_for("qwen2.5-0.5b").config.replace(compute_dtype="bfloat16", num_prefixes=2)
+    assert preset_for("qwen2.5-0.5b-fast-anything").name == "qwen2.5-0.5b"  # chosen only with --preset
