@@ -17,7 +17,8 @@ from torch import nn
 
 class ComputeDtype:
     """Swaps ``model``'s floating parameters for ``dtype`` copies while :meth:`active`; a no-op when the model
-    already is in ``dtype``. The copies are kept between calls (memory: one more model in ``dtype``)."""
+    already is in ``dtype``. The copies are kept between calls (memory: one more model in ``dtype``), so they
+    assume the weights do not change in between, as LU-LAFNs never changes them."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         self.model = model

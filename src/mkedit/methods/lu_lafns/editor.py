@@ -69,17 +69,19 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         }
 
     def locate(self, group: EditGroup) -> LocateResult:
+        """The group's LAFNs, counted in ``compute_dtype`` as an edit counts them."""
         cfg = self.config
-        return locate_lafns(
-            self.adapter,
-            self.tokenizer,
-            group,
-            cfg.layers,
-            cfg.beta,
-            cfg.locate_strategy,
-            cfg.seed,
-            cfg.locate_batch_size,
-        )
+        with self._computing():
+            return locate_lafns(
+                self.adapter,
+                self.tokenizer,
+                group,
+                cfg.layers,
+                cfg.beta,
+                cfg.locate_strategy,
+                cfg.seed,
+                cfg.locate_batch_size,
+            )
 
     def training_sequences(self, group: EditGroup) -> tuple[list[TrainSequence], dict[str, list[str]]]:
         """All sequences of the objective, and per language the subject forms found in the question."""
@@ -120,8 +122,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
             raise ValueError("edit_facts needs at least one fact")
         self._warn_unreachable_layers()
         t0 = time.perf_counter()
-        with self._computing():
-            located = [self.locate(group) for group in groups]
+        located = [self.locate(group) for group in groups]
         lafns = _union(located)
         t1 = time.perf_counter()
         sequences: list[TrainSequence] = []
