@@ -329,7 +329,8 @@ def test_format_2_cache_loads_and_is_rewritten_as_shards(model, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    ("value_dtype", "tolerance"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 127), ("int4", 1 / 7)]
+    ("value_dtype", "tolerance"),
+    [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 127), ("int6", 1 / 31), ("int5", 1 / 15), ("int4", 1 / 7)],
 )
 def test_stored_values_and_indices(value_dtype: str, tolerance: float) -> None:
     """Indices come back exactly, as a list (int16, int32 past 32,767 neurons) or a bitmask, whichever is
@@ -351,6 +352,19 @@ def test_stored_values_and_indices(value_dtype: str, tolerance: float) -> None:
     idx, val = sparse, deltas[2][1]
     top = neuron_deltas(Edit("x", {}, neuron_tensors({2: (idx, val)}, value_dtype, keep_fraction=0.5)))[2]
     assert set(top[0].tolist()) == set(idx[val.abs().topk(2).indices].tolist())
+
+
+def test_packed_codes_keep_the_int4_layout_of_older_caches() -> None:
+    """Codes narrower than a byte are packed back to back, lowest bit first: for int4 two per byte, the first in
+    the low nibble, offset by 7 -- the layout caches were written in before int5/int6 existed."""
+    idx = torch.tensor([0, 1, 2])
+    tensors = neuron_tensors({0: (idx, torch.tensor([7.0, -7.0, 4.0]))}, "int4")  # scale 1; stored 14, 0, 11
+    assert tensors["0/val4"].tolist() == [14, 11]
+    five = neuron_tensors({0: (idx, torch.tensor([15.0, -15.0, 8.0]))}, "int5")  # stored 30, 0, 23
+    assert five["0/val5"].tolist() == [30, 23 << 2]  # bits 0-4, 5-9 (all zero), 10-14
+    truncated = Edit("x", {}, {**tensors, "0/val4": tensors["0/val4"][:1]})
+    with pytest.raises(CacheError, match="packed bytes for 3 4-bit codes"):
+        neuron_deltas(truncated)
 
 
 def test_shards_stop_merging_at_the_cap(model, tmp_path: Path, monkeypatch) -> None:

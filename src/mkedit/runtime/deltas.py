@@ -4,9 +4,10 @@ Indices are stored losslessly in the smaller of two forms: a list in the smalles
 holds them (int16 up to 32,767 neurons, else int32; ``<layer>/idx``), or a bitmask over the layer's
 neurons up to the highest one used (``<layer>/mask``, 1 bit per neuron): LAFNs are often a large share
 of a layer, and then the mask is several times smaller. Values are float32 by default; ``float16`` /
-``bfloat16`` halve them, ``int8`` and ``int4`` (symmetric, one float32 scale per layer; int4 packs two
-values per byte) quarter and eighth them, and ``keep_fraction`` < 1 keeps only the largest updates by
-magnitude. The loss each causes is measured in the README (performance section).
+``bfloat16`` halve them; ``int8``, ``int6``, ``int5`` and ``int4`` are symmetric integer codes with one
+float32 scale per layer (``<layer>/val`` for int8; the narrower codes packed back to back into bytes,
+``<layer>/val<bits>``), and ``keep_fraction`` < 1 keeps only the largest updates by magnitude. The loss
+each causes is measured in the README (performance section).
 :func:`neuron_deltas` reads every stored form back as long indices and float32 values.
 """
 
@@ -21,13 +22,15 @@ import torch
 from mkedit.errors import CacheError
 from mkedit.runtime.cache import Edit
 
-ValueDtype = Literal["float32", "float16", "bfloat16", "int8", "int4"]
+ValueDtype = Literal["float32", "float16", "bfloat16", "int8", "int6", "int5", "int4"]
 VALUE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "int8": torch.int8,
 }
+PACKED_BITS: dict[str, int] = {"int6": 6, "int5": 5, "int4": 4}
+"""Integer codes narrower than a byte, stored as ``<layer>/val<bits>``."""
 
 
 def _index_dtype(width: int) -> torch.dtype:
@@ -46,6 +49,21 @@ def _unpack_bits(packed: torch.Tensor) -> torch.Tensor:
     return ((packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1).flatten().bool()
 
 
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed codes in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` -> their ``bits`` low bits each, back to back,
+    lowest bit first (for 4 bits: two codes per byte, the first in the low nibble)."""
+    unsigned = (codes.to(torch.int16) + (1 << (bits - 1)) - 1).to(torch.uint8)
+    return _pack_bits(((unsigned.unsqueeze(1) >> torch.arange(bits, dtype=torch.uint8)) & 1).flatten().bool())
+
+
+def _unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The inverse of :func:`_pack_codes` for ``n`` codes, as float32."""
+    if packed.numel() != -(-n * bits // 8):
+        raise ValueError(f"{packed.numel()} packed bytes for {n} {bits}-bit codes")
+    unsigned = (_unpack_bits(packed)[: n * bits].view(n, bits).to(torch.int32) << torch.arange(bits)).sum(1)
+    return unsigned.float() - ((1 << (bits - 1)) - 1)
+
+
 def _quantise(val: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric integer codes in ``[-levels, levels]`` and the scale that maps them back."""
     scale = val.abs().max().clamp_min(1e-12) / levels
@@ -57,8 +75,9 @@ def neuron_tensors(
     value_dtype: ValueDtype = "float32",
     keep_fraction: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Per-layer (indices, values) as an edit's tensors ``<layer>/idx``, ``<layer>/val`` (and
-    ``<layer>/scale`` for int8), keeping the ``keep_fraction`` largest values of each layer."""
+    """Per-layer (indices, values) as an edit's tensors ``<layer>/idx`` or ``<layer>/mask``, ``<layer>/val``
+    or ``<layer>/val<bits>`` (and ``<layer>/scale`` for integer codes), keeping the ``keep_fraction`` largest
+    values of each layer."""
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     out: dict[str, torch.Tensor] = {}
@@ -77,14 +96,12 @@ def neuron_tensors(
             out[f"{layer}/mask"] = _pack_bits(mask)
         else:
             out[f"{layer}/idx"] = as_list
-        if value_dtype in ("int8", "int4"):
-            codes, out[f"{layer}/scale"] = _quantise(val, 127 if value_dtype == "int8" else 7)
-            if value_dtype == "int4":  # two codes per byte, offset to 0..14
-                nibbles = torch.zeros(-(-codes.numel() // 2) * 2, dtype=torch.uint8)
-                nibbles[: codes.numel()] = (codes + 7).to(torch.uint8)
-                out[f"{layer}/val4"] = nibbles[0::2] | (nibbles[1::2] << 4)
-            else:
-                out[f"{layer}/val"] = codes
+        if value_dtype in PACKED_BITS:
+            bits = PACKED_BITS[value_dtype]
+            codes, out[f"{layer}/scale"] = _quantise(val, (1 << (bits - 1)) - 1)
+            out[f"{layer}/val{bits}"] = _pack_codes(codes, bits)
+        elif value_dtype == "int8":
+            out[f"{layer}/val"], out[f"{layer}/scale"] = _quantise(val, 127)
         else:
             out[f"{layer}/val"] = val.to(VALUE_DTYPES[value_dtype])
     return out
@@ -117,11 +134,9 @@ def neuron_deltas(
                 idx = torch.nonzero(_unpack_bits(_stored(tensors, f"{layer}/mask", uint8=True))).flatten()
             else:
                 idx = _stored(tensors, f"{layer}/idx", integer=True).long()
-            if f"{layer}/val4" in tensors:
-                packed = _stored(tensors, f"{layer}/val4", uint8=True)
-                if packed.numel() != -(-idx.numel() // 2):
-                    raise ValueError(f"{packed.numel()} packed int4 bytes for {idx.numel()} neuron indices")
-                val = torch.stack([packed & 0x0F, packed >> 4], dim=1).flatten()[: idx.numel()].float() - 7
+            packed = [bits for bits in PACKED_BITS.values() if f"{layer}/val{bits}" in tensors]
+            if packed:
+                val = _unpack_codes(_stored(tensors, f"{layer}/val{packed[0]}", uint8=True), packed[0], idx.numel())
             else:
                 val = _stored(tensors, f"{layer}/val").float()
             if f"{layer}/scale" in tensors:
