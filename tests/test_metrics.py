@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import StoppingCriteriaList
 
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.eval.metrics import (
+    AnswerLineDone,
     TokenPrediction,
     aggregate,
     f1_em,
+    first_line,
     gen_contains,
     gen_exact_match,
     gen_locality_scores,
@@ -18,6 +21,7 @@ from mkedit.eval.metrics import (
     max_new_tokens_for,
     normalize_answer,
     teacher_forced,
+    through_first_line,
     token_f1,
 )
 from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
@@ -222,10 +226,10 @@ def test_max_new_tokens_for() -> None:
 def test_generate_answers_left_pads_cuts_at_budget_and_eos() -> None:
     tok = build_tiny_tokenizer()
     eos = tok.eos_token_id
-    canned = {"Q one?": " Paris\nmore", "A longer second question?": "巴黎", "Q3": " Rome"}
+    canned = {"Q one?": " Paris\nmore", "A longer second question?": "巴黎", "Q3": " Rome", "Q4": "\n Oslo\nand"}
     calls = []
 
-    def fake_generate(ids: torch.Tensor, mask: torch.Tensor, max_new: int) -> torch.Tensor:
+    def fake_generate(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
         calls.append(max_new)
         rows = []
         for row_ids, row_mask in zip(ids, mask, strict=True):
@@ -238,32 +242,57 @@ def test_generate_answers_left_pads_cuts_at_budget_and_eos() -> None:
         return torch.tensor(rows)
 
     prompts = list(canned)
-    budgets = [3, 20, 20]
+    budgets = [3, 20, 20, 20]
     for batch_size in (1, 8):
         out = generate_answers(fake_generate, tok, prompts, budgets, batch_size=batch_size)
-        assert out == [" Pa", "巴黎", " Rome"]  # own budget; cut at EOS (tokens after it dropped)
+        # own budget; cut at EOS (tokens after it dropped) and after the first non-blank line
+        assert out == [" Pa", "巴黎", " Rome", "\n Oslo\n"]
     assert calls[-1] == 20  # one batch generated with its largest budget
+
+
+def test_through_first_line_keeps_what_is_scored() -> None:
+    assert through_first_line(" Paris\nmore\n") == " Paris\n"
+    assert through_first_line("\n\n Paris\nmore") == "\n\n Paris\n"  # leading blank lines are not the answer
+    assert through_first_line(" Paris") == " Paris"
+    assert through_first_line("\n \n") == "\n \n"
+    for text in (" Paris\nmore", "\nParis\n", "Paris"):
+        assert first_line(through_first_line(text)) == first_line(text)
+
+
+def test_answer_line_done_marks_rows_with_a_complete_line_or_a_spent_budget() -> None:
+    tok = build_tiny_tokenizer()
+    prompt = tok("Q?", add_special_tokens=False)["input_ids"]
+    rows = [" Paris\nx", "\n Par", " Lon", "abcdefg"]
+    new = [tok(r, add_special_tokens=False)["input_ids"] for r in rows]
+    width = max(len(n) for n in new)
+    pad = tok.pad_token_id
+    ids = torch.tensor([prompt + n + [pad] * (width - len(n)) for n in new])
+    done = AnswerLineDone(tok, len(prompt), [20, 20, 20, width])(ids, None)
+    # a finished line; a leading line break only (not done); no line break yet; the budget reached
+    assert done.tolist() == [True, False, False, True]
 
 
 def test_generate_answers_with_a_real_generate_loop() -> None:
     tok = build_tiny_tokenizer()
     model = build_tiny_model("gpt2")
 
-    generated: dict[str, list[int]] = {}
-
-    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int) -> torch.Tensor:
+    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=0
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([stop]),
         )
-        new = out[:, ids.shape[1] :]
-        for row_ids, row_mask, row_new in zip(ids, mask, new, strict=True):
-            generated[tok.decode(row_ids[row_mask.bool()].tolist())] = row_new.tolist()
-        return new
+        return out[:, ids.shape[1] :]
 
     prompts = ["The capital of France is", "法国的首都是"]
     budgets = [max_new_tokens_for(tok, "Paris", "en"), max_new_tokens_for(tok, "巴黎", "zh", extra_tokens=0)]
     out = generate_answers(greedy, tok, prompts, budgets, batch_size=2)
     for text, prompt, budget in zip(out, prompts, budgets, strict=True):
-        new = generated[prompt][:budget]
-        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
-        assert text == tok.decode(new, skip_special_tokens=True)
+        encoded = tok(prompt, return_tensors="pt")
+        alone = model.generate(**encoded, max_new_tokens=budget, do_sample=False, pad_token_id=0)
+        alone = alone[0, encoded["input_ids"].shape[1] :].tolist()
+        alone = alone[: alone.index(tok.eos_token_id)] if tok.eos_token_id in alone else alone
+        assert text == through_first_line(tok.decode(alone, skip_special_tokens=True))

@@ -20,9 +20,10 @@ then compared with the gold ids:
   *pre-edit* predictions of the same model on the same ``loc`` prompt + ``loc_ans`` (teacher-forced),
   so locality measures "did the edit change anything here", not "is the model right here".
 
-**Generation-based scores** (reported beside, never mixed in): greedy generation of
-len(target tokens) + ``extra_tokens`` new tokens, normalised (:func:`normalize_answer`) and compared
-with the target by exact match and by containment; for locality, with the pre-edit generation.
+**Generation-based scores** (reported beside, never mixed in): greedy generation of at most
+len(target tokens) + ``extra_tokens`` new tokens, ending early once the first line is complete (nothing
+after it is scored), normalised (:func:`normalize_answer`) and compared with the target by exact match
+and by containment; for locality, with the pre-edit generation.
 
 The model is seen only through callables (:data:`LogitsFn`, :data:`GenerateFn`), so the same code scores
 an unedited HF model, a model with an edit cache applied, or a baseline.
@@ -38,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
 
@@ -48,8 +49,9 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
 """``(input_ids, attention_mask, prompt_lengths) -> logits``; see :meth:`EditedView.logits`."""
 """``(input_ids [b, s], attention_mask [b, s]) -> logits [b, s, vocab]``."""
 
-GenerateFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens) -> new ids [b, n]``, greedy."""
+GenerateFn = Callable[[torch.Tensor, torch.Tensor, int, StoppingCriteria], torch.Tensor]
+"""``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens, stop) -> new ids [b, n]``, greedy;
+``stop`` is a Hugging Face stopping criterion (rows it marks done may be padded or go on: both are fine)."""
 
 Case = tuple[str, str, str]
 """``(prompt, target, lang)``."""
@@ -169,6 +171,35 @@ def max_new_tokens_for(tokenizer: PreTrainedTokenizerBase, target: str, lang: st
     return len(encode_answer(tokenizer, target, lang)) + extra_tokens
 
 
+class AnswerLineDone(StoppingCriteria):
+    """Marks a generating row done once its first answer line is complete (a line break after non-blank
+    text) or its own budget is spent: nothing after that can change its score, so a batch's decoding loop
+    ends when every row is done instead of running to the largest budget."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, budgets: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.budgets = list(budgets)
+
+    def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
+        new = input_ids[:, self.prompt_length :].tolist()
+        done = [
+            len(ids) >= budget or "\n" in self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+            for ids, budget in zip(new, self.budgets, strict=True)
+        ]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+_FIRST_LINE_WITH_BREAK = re.compile(r"\s*\S[^\n]*\n")
+
+
+def through_first_line(generated: str) -> str:
+    """``generated`` up to and including the line break that ends its first non-blank line (all of it when
+    there is none): what a generation is kept as, the same whether its batch stopped early or ran on."""
+    match = _FIRST_LINE_WITH_BREAK.match(generated)
+    return match.group(0) if match else generated
+
+
 def generate_answers(
     generate_fn: GenerateFn,
     tokenizer: PreTrainedTokenizerBase,
@@ -177,11 +208,12 @@ def generate_answers(
     batch_size: int = 8,
     device: torch.device | str | None = None,
 ) -> list[str]:
-    """Greedy continuations of ``prompts``, decoded, cut at EOS and at each prompt's own budget.
+    """Greedy continuations of ``prompts``, decoded, cut at EOS, at each prompt's own budget and after the
+    first non-blank line (:func:`through_first_line`).
 
     Prompts are left-padded (generation appends on the right). A batch is generated with its largest
-    budget and each row is then cut to its own: greedy decoding is prefix-consistent, so this equals
-    generating each row with its own budget.
+    budget, stopping once every row is done (:class:`AnswerLineDone`), and each row is then cut to its own:
+    greedy decoding is prefix-consistent, so this equals generating each row alone with its own budget.
     """
     if len(prompts) != len(max_new_tokens_for_each):
         raise ValueError("generate_answers needs one max_new_tokens per prompt")
@@ -193,12 +225,13 @@ def generate_answers(
         for idx in _length_batches([len(s) for s in encoded], batch_size):
             ids, mask = _batch([encoded[i] for i in idx], pad_id, "left", device)
             budget = max(max_new_tokens_for_each[i] for i in idx)
-            new_ids = generate_fn(ids, mask, budget).cpu()  # [b, n]
+            stop = AnswerLineDone(tokenizer, ids.shape[1], [max_new_tokens_for_each[i] for i in idx])
+            new_ids = generate_fn(ids, mask, budget, stop).cpu()  # [b, n]
             for row, i in enumerate(idx):
                 toks = new_ids[row, : max_new_tokens_for_each[i]].tolist()
                 if eos_id is not None and eos_id in toks:
                     toks = toks[: toks.index(eos_id)]
-                out[i] = tokenizer.decode(toks, skip_special_tokens=True)
+                out[i] = through_first_line(tokenizer.decode(toks, skip_special_tokens=True))
     return out
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from mkedit.data.records import LOCALITY
 from mkedit.eval.metrics import (
@@ -47,9 +47,13 @@ class Scorer:
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def _generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def _generate(
+        self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stop: StoppingCriteria
+    ) -> torch.Tensor:
         kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.pad_id}
-        return self.view.generate(ids, mask, **kwargs)[:, ids.shape[1] :]
+        return self.view.generate(ids, mask, stopping_criteria=StoppingCriteriaList([stop]), **kwargs)[
+            :, ids.shape[1] :
+        ]
 
     def _rewritten(self, cases: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         return [(self.view.rewrite(prompt, lang), target, lang) for prompt, target, lang in cases]
