@@ -3,13 +3,16 @@ own float32 weights back bit for bit."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
+import mkedit.methods.lu_lafns.editor as editor_module
 from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer
 from mkedit.methods.common.weights import weights_checksum
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor, get_preset, preset_for
-from mkedit.models.compute_dtype import ComputeDtype
+from mkedit.models.compute_dtype import ComputeDtype, native_matmul
 from mkedit.types import EditGroup, EditRequest
 
 TINY = LuLafnConfig().with_overrides({"layers": "1,2", "max_steps": "4", "num_prefixes": "1", "early_stop_nll": "0"})
@@ -62,9 +65,10 @@ def test_same_dtype_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
-def test_bfloat16_edit_learns_and_leaves_the_float32_model_untouched(family: str) -> None:
+def test_bfloat16_edit_learns_and_leaves_the_float32_model_untouched(family: str, monkeypatch) -> None:
     """The edit is located and optimised in bfloat16; its ΔV is float32 and lowers the answer's NLL as the
     float32 edit's does, and the model's float32 weights are bit-identical afterwards."""
+    monkeypatch.setattr(editor_module, "native_matmul", lambda dtype, device: True)  # tiny: slow matmuls are fine
     model = build_tiny_model(family)
     tokenizer = build_tiny_tokenizer()
     before = weights_checksum(model)
@@ -81,6 +85,26 @@ def test_bfloat16_edit_learns_and_leaves_the_float32_model_untouched(family: str
     assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # ΔV = 0 at step 1: the same objective, rounded
     tensors = edits["bfloat16"][0].tensors
     assert edits["model"][0].tensors.keys() == tensors.keys()
+
+
+def test_half_compute_falls_back_to_the_model_dtype_where_it_has_no_native_matmuls(monkeypatch, caplog) -> None:
+    """On a CPU without native bfloat16 matmuls PyTorch loops (~100x slower than float32): the editor says so
+    and computes in the model's dtype, and its config (what run.json and the cache record) says that too."""
+    model, tokenizer = build_tiny_model("qwen2"), build_tiny_tokenizer()
+    monkeypatch.setattr(editor_module, "native_matmul", lambda dtype, device: dtype != torch.bfloat16)
+    with caplog.at_level(logging.WARNING):
+        editor = LuLafnEditor(model, tokenizer, TINY.replace(compute_dtype="bfloat16"), "tiny")
+    assert editor.config.compute_dtype == "model"
+    assert "no native bfloat16 matmuls" in caplog.text
+    assert LuLafnEditor(model, tokenizer, TINY.replace(compute_dtype="float16"), "tiny").config.compute_dtype == (
+        "float16"
+    )
+
+
+def test_native_matmul_is_true_off_the_cpu_and_for_float32() -> None:
+    assert native_matmul(torch.float32, "cpu")
+    assert native_matmul(torch.bfloat16, "cuda")  # asked of the device type only: no GPU needed
+    assert isinstance(native_matmul(torch.bfloat16, "cpu"), bool)
 
 
 def test_fast_preset_is_the_model_preset_in_bfloat16_with_two_prefixes_and_is_never_picked_by_name() -> None:

@@ -4,15 +4,43 @@ An edit on a float32 model can be computed in bfloat16 (about twice as fast on C
 matmuls) while evaluation and serving keep the float32 model: inside :meth:`ComputeDtype.active` every
 floating parameter's data is a cast copy, made once and kept, and on exit the original tensors are put back
 (the same objects, so nothing is rounded). Buffers are left alone (rotary frequencies stay float32).
+
+On a CPU *without* native half-precision matmuls PyTorch falls back to a plain loop: a bfloat16 matmul of an
+FFN's shape took 2.3 s against 22 ms in float32 on an AVX2-only EPYC (``native_matmul``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
+
+_ONEDNN_QUERIES: dict[torch.dtype, tuple[str, tuple[str, ...]]] = {
+    torch.bfloat16: ("_is_mkldnn_bf16_supported", ("avx512_bf16", "amx_bf16")),
+    torch.float16: ("_is_mkldnn_fp16_supported", ("avx512_fp16", "amx_fp16")),
+}
+
+
+def native_matmul(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies ``dtype`` matrices natively: always on GPUs and for float32/float64; on a
+    CPU, what oneDNN reports (or, where PyTorch cannot say, the CPU flags in ``/proc/cpuinfo``)."""
+    if torch.device(device).type != "cpu" or dtype not in _ONEDNN_QUERIES:
+        return True
+    query, flags = _ONEDNN_QUERIES[dtype]
+    ask: Callable[[], bool] | None = getattr(torch.ops.mkldnn, query, None)
+    try:
+        if ask is not None:
+            return bool(ask())
+    except RuntimeError:
+        pass
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return True  # nothing to go by: trust the configuration
+    present = set(cpuinfo.read_text(encoding="utf-8", errors="replace").split())
+    return any(flag in present for flag in flags)
 
 
 class ComputeDtype:
