@@ -17,6 +17,7 @@ from mkedit.eval.metrics import (
     gen_exact_match,
     gen_locality_scores,
     generate_answers,
+    generation_shown,
     locality_scores,
     max_new_tokens_for,
     normalize_answer,
@@ -296,3 +297,40 @@ def test_generate_answers_with_a_real_generate_loop() -> None:
         alone = alone[0, encoded["input_ids"].shape[1] :].tolist()
         alone = alone[: alone.index(tok.eos_token_id)] if tok.eos_token_id in alone else alone
         assert text == through_first_line(tok.decode(alone, skip_special_tokens=True))
+
+
+def test_a_generation_shown_by_teacher_forcing_is_what_greedy_decoding_generates() -> None:
+    """A canned "model" whose greedy continuation of each prompt is fixed: where the teacher-forced pass
+    predicts the whole answer and then a line break or EOS, ``generation_shown`` gives exactly what
+    ``generate_answers`` generates; otherwise it gives nothing and the case must be generated."""
+    tok = build_tiny_tokenizer()
+    eos = tok.eos_token_id
+    canned = {"Q one?": " Paris\nmore", "Q two?": " Rome", "Q three?": " Oslo is cold"}
+    continuation = {
+        tuple(tok(prompt, add_special_tokens=False)["input_ids"]): tok(text, add_special_tokens=False)["input_ids"]
+        for prompt, text in canned.items()
+    }
+
+    def next_ids(prompt_ids: list[int], n: int) -> list[int]:
+        return (continuation[tuple(prompt_ids)] + [eos] * n)[:n]
+
+    def logits_fn(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int]) -> torch.Tensor:
+        out = torch.zeros(*ids.shape, len(tok))
+        for row, plen in enumerate(prompt_lengths):
+            follow = next_ids(ids[row, :plen].tolist(), ids.shape[1])
+            for pos in range(plen - 1, ids.shape[1]):
+                out[row, pos, follow[pos - plen + 1]] = 1.0
+        return out
+
+    def generate_fn(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
+        return torch.tensor([next_ids(row[m.bool()].tolist(), max_new) for row, m in zip(ids, mask, strict=True)])
+
+    cases = [("Q one?", "Paris", "en"), ("Q two?", "Rome", "en"), ("Q three?", "Oslo", "en"), ("Q one?", "Lima", "en")]
+    preds = teacher_forced(logits_fn, tok, cases)
+    budgets = [max_new_tokens_for(tok, target, lang) for _, target, lang in cases]
+    shown = [generation_shown(pred, tok, budget) for pred, budget in zip(preds, budgets, strict=True)]
+    generated = generate_answers(generate_fn, tok, [p for p, _, _ in cases], budgets)
+    assert shown == [" Paris\n", " Rome", None, None]  # a line break; EOS; neither yet; a wrong answer
+    assert shown[:2] == generated[:2]
+    assert generation_shown(preds[0], tok, len(preds[0].target_ids)) is None  # no room left for the line break
+    assert generation_shown(TokenPrediction(preds[0].pred_ids, preds[0].target_ids), tok, 99) is None  # no next id

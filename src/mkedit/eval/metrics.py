@@ -36,7 +36,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
@@ -63,6 +63,8 @@ class TokenPrediction:
 
     pred_ids: list[int]
     target_ids: list[int]
+    next_id: int | None = field(default=None, compare=False)
+    """The argmax after the whole answer (None where it was not computed, e.g. outputs read back from a row)."""
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -111,8 +113,7 @@ def teacher_forced(
     for (prompt, _, _), pair in zip(cases, encoded, strict=True):
         if pair.answer_start == 0:
             raise ValueError(f"prompt {prompt!r} encodes to no tokens: nothing predicts the first answer token")
-    # The last answer token is only ever a target, never an input.
-    inputs = [pair.input_ids[:-1] for pair in encoded]
+    inputs = [list(pair.input_ids) for pair in encoded]  # the last answer token too: what follows it is read
     pad_id = _pad_id(tokenizer)
     out: list[TokenPrediction | None] = [None] * len(cases)
     with torch.no_grad():
@@ -124,7 +125,8 @@ def teacher_forced(
                 pair = encoded[i]
                 # logits at position t predict token t + 1: answer token k is predicted at start - 1 + k.
                 preds = argmax[row, pair.answer_start - 1 : len(pair.input_ids) - 1].tolist()
-                out[i] = TokenPrediction(pred_ids=preds, target_ids=list(pair.answer_ids))
+                after = int(argmax[row, len(pair.input_ids) - 1])
+                out[i] = TokenPrediction(pred_ids=preds, target_ids=list(pair.answer_ids), next_id=after)
     return [p for p in out if p is not None]
 
 
@@ -198,6 +200,20 @@ def through_first_line(generated: str) -> str:
     there is none): what a generation is kept as, the same whether its batch stopped early or ran on."""
     match = _FIRST_LINE_WITH_BREAK.match(generated)
     return match.group(0) if match else generated
+
+
+def generation_shown(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase, budget: int) -> str | None:
+    """The greedy generation (as :func:`generate_answers` keeps it) that a teacher-forced pass already shows,
+    else None. When every answer token is the argmax given the prompt and the tokens before it, greedy
+    decoding produces exactly the answer and then ``next_id``; if that token ends the generation (EOS) or
+    its first line (a line break) within ``budget``, there is nothing left to generate."""
+    answer = pred.target_ids
+    if pred.next_id is None or pred.pred_ids != answer or len(answer) + 1 > budget:
+        return None
+    if pred.next_id == tokenizer.eos_token_id:
+        return through_first_line(tokenizer.decode(answer, skip_special_tokens=True))
+    text = tokenizer.decode([*answer, pred.next_id], skip_special_tokens=True)
+    return through_first_line(text) if "\n" in text.lstrip() else None
 
 
 def generate_answers(

@@ -23,6 +23,7 @@ from mkedit.eval.metrics import (
     gen_exact_match,
     gen_locality_scores,
     generate_answers,
+    generation_shown,
     locality_scores,
     max_new_tokens_for,
     teacher_forced,
@@ -63,14 +64,29 @@ class Scorer:
             self.view.logits, self.tokenizer, self._rewritten(cases), self.config.batch_size, self.device
         )
 
-    def generate(self, cases: Sequence[tuple[str, str, str]], budgets: Sequence[int] | None = None) -> list[str]:
-        """Greedy answers; each case's budget is its target's length + ``gen_extra_tokens`` unless given."""
+    def generate(
+        self,
+        cases: Sequence[tuple[str, str, str]],
+        budgets: Sequence[int] | None = None,
+        predictions: Sequence[TokenPrediction] | None = None,
+    ) -> list[str]:
+        """Greedy answers; each case's budget is its target's length + ``gen_extra_tokens`` unless given. With
+        the cases' teacher-forced ``predictions`` (this view's), a case whose generation they already show
+        (:func:`generation_shown`) is not generated again."""
         if budgets is None:
             budgets = [
                 max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases
             ]
-        prompts = [p for p, _, _ in self._rewritten(cases)]
-        return generate_answers(self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device)
+        shown: list[str | None] = [None] * len(cases)
+        if predictions is not None:
+            shown = [generation_shown(pred, self.tokenizer, b) for pred, b in zip(predictions, budgets, strict=True)]
+        todo = [i for i, text in enumerate(shown) if text is None]
+        prompts = [p for p, _, _ in self._rewritten([cases[i] for i in todo])]
+        generated = generate_answers(
+            self._generate, self.tokenizer, prompts, [budgets[i] for i in todo], self.config.batch_size, self.device
+        )
+        texts = dict(zip(todo, generated, strict=True))
+        return [text if text is not None else texts[i] for i, text in enumerate(shown)]
 
 
 def _cases(record: BenchmarkRecord, langs: Iterable[str], metrics: Iterable[str]) -> list[tuple[str, str]]:
@@ -167,7 +183,9 @@ def _post_outputs(
     outputs are ``known`` (an untouched prompt's pre-edit outputs) is not run again."""
     todo = [i for i, k in enumerate(known) if k is None]
     preds = edited.predict([cases[i] for i in todo])
-    texts = edited.generate([cases[i] for i in todo], [budgets[i] for i in todo]) if edited.config.generation else []
+    texts = (
+        edited.generate([cases[i] for i in todo], [budgets[i] for i in todo], preds) if edited.config.generation else []
+    )
     run = {i: (pred, texts[n] if texts else None) for n, (i, pred) in enumerate(zip(todo, preds, strict=True))}
     outputs = [k if k is not None else run[i] for i, k in enumerate(known)]
     return [pred for pred, _ in outputs], [text for _, text in outputs]
