@@ -142,16 +142,16 @@ def main() -> None:
     }
     if not args.skip_slow:
         modes = {"switches off": base.replace(**SLOW), **modes}
-    model_dtype = next(loaded.model.parameters()).dtype
-    if model_dtype != torch.bfloat16 and native_matmul(torch.bfloat16, loaded.model.device):
-        modes["switches on, bfloat16 compute"] = base.replace(**{**FAST, "compute_dtype": "bfloat16"})
-    elif model_dtype != torch.bfloat16:
-        slow, fast = (matmul_ms(dtype, loaded.model.device) for dtype in (torch.bfloat16, torch.float32))
-        print(
-            f"no bfloat16-compute mode: this device has no native bfloat16 matmuls (one FFN-shaped product, "
-            f"[256 x 896] @ [896 x 4864]: {slow:.1f} ms in bfloat16, {fast:.1f} ms in float32)",
-            file=sys.stderr,
-        )
+    if next(loaded.model.parameters()).dtype != torch.bfloat16:
+        if native_matmul(torch.bfloat16, loaded.model.device):
+            modes["switches on, bfloat16 compute"] = base.replace(**{**FAST, "compute_dtype": "bfloat16"})
+        else:
+            slow, fast = (matmul_ms(dtype, loaded.model.device) for dtype in (torch.bfloat16, torch.float32))
+            print(
+                f"no bfloat16-compute mode: this device has no native bfloat16 matmuls (one FFN-shaped product, "
+                f"[256 x 896] @ [896 x 4864]: {slow:.1f} ms in bfloat16, {fast:.1f} ms in float32)",
+                file=sys.stderr,
+            )
     for name in args.also_preset:
         modes[f"preset {name}"] = get_preset(name).config.with_overrides(overrides)
     results = {name: run_mode(loaded, groups, config) for name, config in modes.items()}

@@ -182,14 +182,15 @@ class AnswerLineDone(StoppingCriteria):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.budgets = list(budgets)
+        self.done = [False] * len(self.budgets)  # a finished row is not decoded again
 
     def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
         new = input_ids[:, self.prompt_length :].tolist()
-        done = [
-            len(ids) >= budget or "\n" in self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-            for ids, budget in zip(new, self.budgets, strict=True)
-        ]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        for row, (ids, budget) in enumerate(zip(new, self.budgets, strict=True)):
+            self.done[row] = self.done[row] or (
+                len(ids) >= budget or "\n" in self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+            )
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 _FIRST_LINE_WITH_BREAK = re.compile(r"\s*\S[^\n]*\n")
