@@ -79,16 +79,27 @@ def matmul_ms(dtype: torch.dtype, device: torch.device) -> float:
     return 1000 * min(times)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock interval holds all of it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_mode(loaded, groups, config: LuLafnConfig) -> dict[str, float]:
+    device = loaded.model.device
     editor = LuLafnEditor(loaded.model, loaded.tokenizer, config, loaded.name)
     for lang in groups[0].langs:
         editor.prefixes(lang)  # sampled once per editor; not part of a group's cost
     cache = editor.new_cache()
     locate, optimise, total, steps, nll = [], [], [], [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with PeakRss() as rss:
         for group in groups:
+            synchronize(device)
             start = time.perf_counter()
             record = editor.edit(group)
+            synchronize(device)
             total.append(time.perf_counter() - start)
             locate.append(record.info["seconds"]["locate"])
             optimise.append(record.info["seconds"]["optimize"])
@@ -109,6 +120,7 @@ def run_mode(loaded, groups, config: LuLafnConfig) -> dict[str, float]:
         "nll": statistics.mean(nll),
         "reliability_em": 100 * sum(p.pred_ids == p.target_ids for p in preds) / len(preds),
         "peak_rss_gib": rss.peak / 2**30,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "computed_in": editor.config.compute_dtype,  # "model" where the asked dtype has no native matmuls
         "cache_bytes_per_edit": cache_bytes / len(groups),
     }
@@ -161,34 +173,28 @@ def main() -> None:
         summary = {"model": loaded.name, "groups": len(groups), "langs": langs, "modes": results}
         print(json.dumps({**summary, "speed_vs_switches_on": speeds}))
         return
-    table = Table(
-        title=f"LU-LAFNs edit speed: {args.model}, {len(groups)} {'+'.join(langs)} groups, "
-        f"{psutil.cpu_count()} CPU threads"
-    )
-    for column in (
-        "mode",
-        "computed in",
-        "locate s",
-        "optimise s",
-        "total s/group",
-        "steps",
-        "final NLL",
-        "reliability EM %",
-        "peak RSS GiB",
-        "cache KiB/edit",
-    ):
+    device = loaded.model.device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{psutil.cpu_count()} CPU threads"
+    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    table = Table(title=f"LU-LAFNs edit speed: {args.model} ({dtype}), {len(groups)} {'+'.join(langs)} groups, {where}")
+    columns = ["mode", "computed in", "locate s", "optimise s", "total s/group", "groups/s", "steps", "final NLL"]
+    columns += ["reliability EM %", "peak RSS GiB"] + (["peak GPU GiB"] if device.type == "cuda" else [])
+    for column in [*columns, "cache KiB/edit"]:
         table.add_column(column, justify="right")
     for name, r in results.items():
+        gpu = [f"{r['peak_gpu_gib']:.2f}"] if device.type == "cuda" else []
         table.add_row(
             name,
             str(r["computed_in"]),
             f"{r['locate']:.2f}",
             f"{r['optimise']:.2f}",
             f"{r['total']:.2f}",
+            f"{1 / r['total']:.2f}",
             f"{r['steps']:.1f}",
             f"{r['nll']:.3f}",
             f"{r['reliability_em']:.0f}",
             f"{r['peak_rss_gib']:.2f}",
+            *gpu,
             f"{r['cache_bytes_per_edit'] / 1024:.1f}",
         )
     console = Console(width=160)
