@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer
 from mkedit.eval.metrics import (
     AnswerLineDone,
     TokenPrediction,
@@ -37,7 +37,7 @@ CASES = [
 
 
 def hf_logits(model: torch.nn.Module):
-    return lambda ids, mask, prompt_lengths: model(input_ids=ids, attention_mask=mask).logits
+    return lambda ids, mask, prompt_lengths, keep: model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
 
 
 # --------------------------------------------------------------------------- F1 / EM arithmetic
@@ -116,7 +116,7 @@ def _manual_predictions(model: torch.nn.Module, tok, cases) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "bloom", "gpt2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_teacher_forced_matches_unbatched_argmax(family: str) -> None:
     tok = build_tiny_tokenizer()
     model = build_tiny_model(family)
@@ -134,10 +134,10 @@ def test_teacher_forced_right_pads_and_aligns_answer_positions() -> None:
     tok = build_tiny_tokenizer()
     seen_masks = []
 
-    def echo(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int]) -> torch.Tensor:
+    def echo(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int], keep: torch.Tensor) -> torch.Tensor:
         seen_masks.append(mask.clone())
         logits = torch.nn.functional.one_hot(ids, num_classes=len(tok)).float()
-        return logits.masked_fill(mask[..., None] == 0, 0.0)
+        return logits.masked_fill(mask[..., None] == 0, 0.0)[:, keep]
 
     preds = teacher_forced(echo, tok, CASES, batch_size=8)
     assert len(seen_masks) == 1
@@ -152,7 +152,7 @@ def test_teacher_forced_right_pads_and_aligns_answer_positions() -> None:
 
 def test_teacher_forced_rejects_empty_prompt() -> None:
     with pytest.raises(ValueError, match="no tokens"):
-        teacher_forced(lambda i, m, n: torch.zeros(*i.shape, 258), build_tiny_tokenizer(), [("", "x", "en")])
+        teacher_forced(lambda i, m, n, k: torch.zeros(*i.shape, 258), build_tiny_tokenizer(), [("", "x", "en")])
 
 
 # --------------------------------------------------------------------------- locality
@@ -314,13 +314,13 @@ def test_a_generation_shown_by_teacher_forcing_is_what_greedy_decoding_generates
     def next_ids(prompt_ids: list[int], n: int) -> list[int]:
         return (continuation[tuple(prompt_ids)] + [eos] * n)[:n]
 
-    def logits_fn(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int]) -> torch.Tensor:
+    def logits_fn(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: list[int], keep: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(*ids.shape, len(tok))
         for row, plen in enumerate(prompt_lengths):
             follow = next_ids(ids[row, :plen].tolist(), ids.shape[1])
             for pos in range(plen - 1, ids.shape[1]):
                 out[row, pos, follow[pos - plen + 1]] = 1.0
-        return out
+        return out[:, keep]
 
     def generate_fn(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
         return torch.tensor([next_ids(row[m.bool()].tolist(), max_new) for row, m in zip(ids, mask, strict=True)])

@@ -45,7 +45,7 @@ from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
 
 logger = logging.getLogger(__name__)
 
-LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
 """``(input_ids, attention_mask, prompt_lengths) -> logits``; see :meth:`EditedView.logits`."""
 """``(input_ids [b, s], attention_mask [b, s]) -> logits [b, s, vocab]``."""
 
@@ -107,7 +107,9 @@ def teacher_forced(
     """Argmax predictions at each answer position given the prompt and the gold answer prefix.
 
     Sequences are right-padded, so the real tokens keep positions 0..len-1 and causal attention never
-    sees the padding: batching does not change any prediction.
+    sees the padding: batching does not change any prediction. The output head is applied only from the
+    batch's first answer position on (``logits_fn``'s last argument): with a vocabulary of 150k tokens, the
+    logits of every prompt position would cost a quarter of the pass and most of its memory.
     """
     encoded = [encode_prompt_answer(tokenizer, prompt, target, lang) for prompt, target, lang in cases]
     for (prompt, _, _), pair in zip(cases, encoded, strict=True):
@@ -120,12 +122,14 @@ def teacher_forced(
         for idx in _length_batches([len(s) for s in inputs], batch_size):
             ids, mask = _batch([inputs[i] for i in idx], pad_id, "right", device)
             prompt_lengths = [encoded[i].answer_start for i in idx]
-            argmax = logits_fn(ids, mask, prompt_lengths).argmax(dim=-1).cpu()  # [b, s]
+            first = min(prompt_lengths) - 1
+            keep = torch.arange(first, ids.shape[1], device=ids.device)
+            argmax = logits_fn(ids, mask, prompt_lengths, keep).argmax(dim=-1).cpu()  # [b, s - first]
             for row, i in enumerate(idx):
                 pair = encoded[i]
                 # logits at position t predict token t + 1: answer token k is predicted at start - 1 + k.
-                preds = argmax[row, pair.answer_start - 1 : len(pair.input_ids) - 1].tolist()
-                after = int(argmax[row, len(pair.input_ids) - 1])
+                preds = argmax[row, pair.answer_start - 1 - first : len(pair.input_ids) - 1 - first].tolist()
+                after = int(argmax[row, len(pair.input_ids) - 1 - first])
                 out[i] = TokenPrediction(pred_ids=preds, target_ids=list(pair.answer_ids), next_id=after)
     return [p for p in out if p is not None]
 

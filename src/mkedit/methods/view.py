@@ -25,11 +25,14 @@ class EditedView(Protocol):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         prompt_lengths: Sequence[int] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """``[batch, seq, vocab]`` next-token logits of already rewritten, encoded inputs.
 
         ``prompt_lengths[row]`` is how many of the row's real tokens are the prompt (the rest is a
         teacher-forced answer); a method that reacts to what the prompt holds must look at those only.
+        ``logits_to_keep`` is Hugging Face's: 0 = every position, ``k`` = the last k, a 1-D tensor = those
+        positions (the second dimension of the result then follows it).
         """
         ...
 
@@ -64,8 +67,9 @@ class ModelView:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         prompt_lengths: Sequence[int] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
 
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any

@@ -22,7 +22,7 @@ from mkedit.methods.view import EditedView
 from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.deltas import neuron_deltas
 from mkedit.runtime.matcher import AutomatonMatcher, SubjectMatch, SubjectMatcher
-from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config
+from mkedit.runtime.relation_gate import GATE_KEYS, GateKeys, RelationGate, gate_from_config
 from mkedit.runtime.subject import last_token_index
 from mkedit.runtime.tokens import token_char_spans
 
@@ -102,7 +102,7 @@ class EditedModel:
         self.gate = gate  # None: an edit fires wherever its subject occurs (the paper's Eq. 11)
         self._matcher: SubjectMatcher | None = None
         self._updates: NeuronUpdates = {}
-        self._gate_keys: Mapping[str, torch.Tensor] = {}
+        self._gate_keys: Mapping[str, GateKeys] = {}
         self._version = -1
 
     def _refresh(self) -> None:
@@ -114,7 +114,7 @@ class EditedModel:
             self._matcher = AutomatonMatcher(entries, fold=self.fold)
             n_layers, width = self.adapter.n_layers, self.adapter.d_ffn  # stored indices are range-checked
             self._updates = PerEdit(edits, lambda e: neuron_deltas(e, n_layers, width))
-            self._gate_keys = PerEdit(edits, lambda e: e.tensors[GATE_KEYS], lambda e: GATE_KEYS in e.tensors)
+            self._gate_keys = PerEdit(edits, GateKeys.of, lambda e: GATE_KEYS in e.tensors)
             self._version = version
 
     @property
@@ -187,9 +187,10 @@ class EditedModel:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         prompt_lengths: Sequence[int] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         with self.applying(input_ids, attention_mask, prompt_lengths=prompt_lengths):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
 
     def rewrite(self, prompt: str, lang: str) -> str:
         return prompt
