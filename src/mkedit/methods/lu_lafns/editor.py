@@ -24,7 +24,14 @@ from mkedit.runtime.cache import Edit
 from mkedit.runtime.deltas import neuron_tensors
 from mkedit.runtime.edited_model import EditedModel
 from mkedit.runtime.matcher import describe_matcher
-from mkedit.runtime.relation_gate import GATE_KEYS, RelationGate, gate_from_config, gate_keys
+from mkedit.runtime.relation_gate import (
+    GATE_KEY_LANGS,
+    GATE_KEYS,
+    RelationGate,
+    gate_from_config,
+    gate_key_langs,
+    gate_keys,
+)
 from mkedit.types import EditGroup
 
 log = logging.getLogger(__name__)
@@ -179,6 +186,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         if self.config.relation_gate:
             assert self._gate is not None  # prepare_config builds it when relation_gate is on
             tensors[GATE_KEYS] = torch.cat([gate_keys(self._gate.encoder, group) for group in groups])
+            info[GATE_KEY_LANGS] = [lang for group in groups for lang in gate_key_langs(group)]
         return Edit(edit_id, subjects, tensors, info, METHOD_NAME)
 
     def _native_compute_dtype(self, config: LuLafnConfig) -> LuLafnConfig:
