@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -166,8 +166,8 @@ def gate_from_config(model: nn.Module, tokenizer: PreTrainedTokenizerBase, confi
         encoder = RelationEncoder(encoder, RelationHead.load(None if head == "packaged" else head))
         kind = f"{name}+relations"
     threshold = config.get("gate_threshold")
-    key_langs = str(config.get("gate_key_langs", "all"))
-    if key_langs not in ("all", "subject"):
-        raise ValueError(f"gate_key_langs must be all or subject, got {key_langs!r}")
+    key_langs = config.get("gate_key_langs", "all")  # a cache saved before the setting existed: every key
+    if key_langs not in get_args(KeyLangs):
+        raise ValueError(f"gate_key_langs must be one of {', '.join(get_args(KeyLangs))}, got {key_langs!r}")
     threshold = DEFAULT_GATE_THRESHOLDS[kind] if threshold is None else float(threshold)
-    return RelationGate(encoder, threshold, name, key_langs)  # type: ignore[arg-type]
+    return RelationGate(encoder, threshold, name, key_langs)
