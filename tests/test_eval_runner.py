@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.data import load_records
 from mkedit.data.records import LOCALITY
+from mkedit.eval.metrics import prediction_shown
 from mkedit.eval.report import METRICS, SCORE_KEYS, SPECIFICITY, SUMMARY_KEYS, validate_summary
 from mkedit.eval.runner import (
     RECORDS_FILE,
@@ -437,7 +438,7 @@ def test_runner_catches_a_method_that_edits_weights_in_place(data_file: Path, tm
     model, tokenizer = build_tiny_model("qwen2"), build_tiny_tokenizer()
     records = load_records(data_file, ["en", "zh"], 1)
     config = EvalConfig(model=MODEL_NAME, data=str(data_file), langs=("en", "zh"), limit=1)
-    with pytest.raises(MethodContractError, match="changed the model's weights after edit"):
+    with pytest.raises(MethodContractError, match="changed the model's weights while record"):
         run_evaluation(
             model, tokenizer, MODEL_NAME, records, config, tmp_path, ScramblingEditor(model, tokenizer, TINY_CONFIG)
         )
@@ -498,6 +499,26 @@ def test_untouched_prompts_keep_their_pre_edit_outputs_exactly(
     reused = [prompt for prompt in rerun if untouched(EditedModel(tiny[0], tiny[1], []), prompt, "")]
     assert reused  # the fixture's Locality questions name no edited subject
     assert _untimed(read_rows(tmp_path / "all" / RECORDS_FILE)) == _untimed(read_rows(full_run[0] / RECORDS_FILE))
+
+
+def test_probe_references_read_from_the_generation_equal_a_teacher_forced_pass(
+    data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The untouched model's probe references skip their teacher-forced pass where the greedy generation
+    already shows it: the rows equal a run that teacher-forces every probe's reference again. (Some of the
+    tiny Gemma's Chinese answers are plain ASCII bytes, which re-encode to the same ids.)"""
+    import mkedit.eval.scoring as scoring
+
+    gemma = build_tiny_model("gemma3"), build_tiny_tokenizer()
+    shown: list[Any] = []
+    monkeypatch.setattr(scoring, "prediction_shown", lambda *ids: shown.append(prediction_shown(*ids)))
+    _run(gemma, data_file, tmp_path / "forced", limit=2)
+    assert any(pred is not None for pred in shown)  # the shortcut is taken in the run compared below
+    monkeypatch.undo()
+    _run(gemma, data_file, tmp_path / "shown", limit=2)
+    assert _untimed(read_rows(tmp_path / "forced" / RECORDS_FILE)) == _untimed(
+        read_rows(tmp_path / "shown" / RECORDS_FILE)
+    )
 
 
 def _untimed(value: Any) -> Any:

@@ -11,16 +11,19 @@ from mkedit.eval.metrics import (
     AnswerLineDone,
     TokenPrediction,
     aggregate,
+    answer_text,
     f1_em,
     first_line,
     gen_contains,
     gen_exact_match,
     gen_locality_scores,
+    generate_answer_ids,
     generate_answers,
     generation_shown,
     locality_scores,
     max_new_tokens_for,
     normalize_answer,
+    prediction_shown,
     teacher_forced,
     through_first_line,
     token_f1,
@@ -334,3 +337,38 @@ def test_a_generation_shown_by_teacher_forcing_is_what_greedy_decoding_generates
     assert shown[:2] == generated[:2]
     assert generation_shown(preds[0], tok, len(preds[0].target_ids)) is None  # no room left for the line break
     assert generation_shown(TokenPrediction(preds[0].pred_ids, preds[0].target_ids), tok, 99) is None  # no next id
+
+
+def test_prediction_shown_is_what_teacher_forcing_computes_on_a_greedy_answer() -> None:
+    """The untouched model's probe references skip their teacher-forced pass when the generation shows it."""
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model("gpt2")
+
+    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([stop]),
+        )
+        return out[:, ids.shape[1] :]
+
+    prompts = ["The capital of France is", "Who made the Volvo B12M?", "法国的首都是"]
+    generated = generate_answer_ids(greedy, tok, prompts, [6, 6, 6], batch_size=3)
+    checked = 0
+    for prompt, row in zip(prompts, generated, strict=True):
+        answer = first_line(answer_text(tok, row)).strip()
+        # "zh" joins an answer to its prompt without a space, as this byte-level model generated it
+        shown = prediction_shown(row, encode_answer(tok, answer, "zh")) if answer else None
+        if shown is None:
+            continue
+        forced = teacher_forced(hf_logits(model), tok, [(prompt, answer, "zh")])[0]
+        assert (shown.pred_ids, shown.target_ids) == (forced.pred_ids, forced.target_ids)
+        checked += 1
+    assert checked  # the seeded model's answers round-trip at least once
+
+    assert prediction_shown([5, 6, 7], [5, 6]) == TokenPrediction([5, 6], [5, 6], next_id=7)
+    assert prediction_shown([5, 6], [5, 6]).next_id is None  # nothing generated after the answer
+    assert prediction_shown([5, 9, 7], [5, 6]) is None  # re-encoded, the answer is other ids

@@ -221,27 +221,27 @@ def generation_shown(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase, 
     return through_first_line(text) if "\n" in text.lstrip() else None
 
 
-def generate_answers(
+def generate_answer_ids(
     generate_fn: GenerateFn,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens_for_each: Sequence[int],
     batch_size: int = 8,
     device: torch.device | str | None = None,
-) -> list[str]:
-    """Greedy continuations of ``prompts``, decoded, cut at EOS, at each prompt's own budget and after the
-    first non-blank line (:func:`through_first_line`).
+) -> list[list[int]]:
+    """Greedy continuation ids of ``prompts``, each cut at its own budget and before EOS (the rest of a row
+    may run past its first line: :func:`answer_text` keeps what is scored).
 
     Prompts are left-padded (generation appends on the right). A batch is generated with its largest
     budget, stopping once every row is done (:class:`AnswerLineDone`), and each row is then cut to its own:
     greedy decoding is prefix-consistent, so this equals generating each row alone with its own budget.
     """
     if len(prompts) != len(max_new_tokens_for_each):
-        raise ValueError("generate_answers needs one max_new_tokens per prompt")
+        raise ValueError("generation needs one max_new_tokens per prompt")
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     pad_id = _pad_id(tokenizer)
     eos_id = tokenizer.eos_token_id
-    out: list[str] = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     with torch.no_grad():
         for idx in _length_batches([len(s) for s in encoded], batch_size):
             ids, mask = _batch([encoded[i] for i in idx], pad_id, "left", device)
@@ -250,10 +250,39 @@ def generate_answers(
             new_ids = generate_fn(ids, mask, budget, stop).cpu()  # [b, n]
             for row, i in enumerate(idx):
                 toks = new_ids[row, : max_new_tokens_for_each[i]].tolist()
-                if eos_id is not None and eos_id in toks:
-                    toks = toks[: toks.index(eos_id)]
-                out[i] = through_first_line(tokenizer.decode(toks, skip_special_tokens=True))
+                out[i] = toks[: toks.index(eos_id)] if eos_id is not None and eos_id in toks else toks
     return out
+
+
+def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """A generation as it is kept and scored: decoded, through its first non-blank line."""
+    return through_first_line(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def generate_answers(
+    generate_fn: GenerateFn,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens_for_each: Sequence[int],
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[str]:
+    """Greedy answers of ``prompts`` as kept (:func:`generate_answer_ids`, then :func:`answer_text`)."""
+    ids = generate_answer_ids(generate_fn, tokenizer, prompts, max_new_tokens_for_each, batch_size, device)
+    return [answer_text(tokenizer, row) for row in ids]
+
+
+def prediction_shown(generated_ids: Sequence[int], answer_ids: Sequence[int]) -> TokenPrediction | None:
+    """The teacher-forced prediction of ``answer_ids`` that a greedy generation already shows, else None.
+
+    The converse of :func:`generation_shown`: when the answer's ids are the first ids greedy decoding
+    produced after the same prompt, each was the argmax given the prompt and the answer ids before it, which
+    is what teacher forcing computes; so the untouched model's references need no second pass."""
+    n = len(answer_ids)
+    if list(generated_ids[:n]) != list(answer_ids):
+        return None
+    after = int(generated_ids[n]) if len(generated_ids) > n else None
+    return TokenPrediction(pred_ids=list(answer_ids), target_ids=list(answer_ids), next_id=after)
 
 
 _SPACES = re.compile(r"\s+")

@@ -581,7 +581,6 @@ def _evaluate_record(
         start = time.perf_counter()
         computed = _compute_edit(method, group, placed, not_edited, store, earlier)
         edits.append((computed, time.perf_counter() - start))
-    guard.check("after edit()")
     scores: dict[str, Any] = {}
     outputs: dict[str, Any] = {}
     replaced: list[str] = []
@@ -599,7 +598,6 @@ def _evaluate_record(
             unit_scores, unit_outputs = score_record(
                 record, tested, Scorer(view, base.tokenizer, config, base.device), pre
             )
-        guard.check("after leaving applied()")
         scores.update(unit_scores)
         outputs.update(unit_outputs)
         if edit is not None:
@@ -609,6 +607,9 @@ def _evaluate_record(
             cache_size = len(cache)
             if not config.sequential:
                 cache.remove(edit.edit_id)
+    # One check per record, before its row exists: a change left by edit() or applied() shows here, since
+    # nothing in between restores the weights, and the next record's references start from checked weights.
+    guard.check(f"while record {record.record_id} was edited and scored")
     row: dict[str, Any] = {
         "record_id": record.record_id,
         "scores": scores,

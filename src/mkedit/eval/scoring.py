@@ -17,19 +17,22 @@ from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCrit
 from mkedit.data.records import LOCALITY
 from mkedit.eval.metrics import (
     TokenPrediction,
+    answer_text,
     f1_em,
     first_line,
     gen_contains,
     gen_exact_match,
     gen_locality_scores,
-    generate_answers,
+    generate_answer_ids,
     generation_shown,
     locality_scores,
     max_new_tokens_for,
+    prediction_shown,
     teacher_forced,
 )
 from mkedit.eval.report import METRICS, SPECIFICITY
 from mkedit.methods.view import EditedView
+from mkedit.prompting import encode_answer
 from mkedit.types import BenchmarkRecord, Probe
 
 if TYPE_CHECKING:
@@ -64,6 +67,13 @@ class Scorer:
             self.view.logits, self.tokenizer, self._rewritten(cases), self.config.batch_size, self.device
         )
 
+    def generate_ids(self, cases: Sequence[tuple[str, str, str]], budgets: Sequence[int]) -> list[list[int]]:
+        """Greedy continuation ids of the cases' prompts, each cut at its budget and before EOS."""
+        prompts = [p for p, _, _ in self._rewritten(cases)]
+        return generate_answer_ids(
+            self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device
+        )
+
     def generate(
         self,
         cases: Sequence[tuple[str, str, str]],
@@ -81,11 +91,8 @@ class Scorer:
         if predictions is not None:
             shown = [generation_shown(pred, self.tokenizer, b) for pred, b in zip(predictions, budgets, strict=True)]
         todo = [i for i, text in enumerate(shown) if text is None]
-        prompts = [p for p, _, _ in self._rewritten([cases[i] for i in todo])]
-        generated = generate_answers(
-            self._generate, self.tokenizer, prompts, [budgets[i] for i in todo], self.config.batch_size, self.device
-        )
-        texts = dict(zip(todo, generated, strict=True))
+        generated = self.generate_ids([cases[i] for i in todo], [budgets[i] for i in todo])
+        texts = {i: answer_text(self.tokenizer, ids) for i, ids in zip(todo, generated, strict=True)}
         return [text if text is not None else texts[i] for i, text in enumerate(shown)]
 
 
@@ -108,30 +115,40 @@ def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer)
     each Specificity probe's pre-edit answer (greedy, first line, ``probe_tokens`` at most) with the
     teacher-forced ids of the untouched model on that answer.
 
-    One generation pass and one teacher-forced pass serve every language, Locality and probes alike: each
-    pass is a decoding loop whose steps cost about the same for one row as for many."""
-    config = base.config
+    One generation pass serves every language, Locality and probes alike (its decoding steps cost about the
+    same for one row as for many); one teacher-forced pass then serves Locality and the few probes whose
+    generation does not already show their teacher-forced ids (:func:`prediction_shown`)."""
+    config, tokenizer = base.config, base.tokenizer
     keys = _cases(record, langs, [LOCALITY])
     inputs = _case_inputs(record, keys)
     probes = [(lang, p) for lang in langs for p in _probes(record, lang, config.specificity)]
     probe_cases = [(p.question, "", lang) for lang, p in probes]
-    loc_budgets = [max_new_tokens_for(base.tokenizer, t, lang, config.gen_extra_tokens) for _, t, lang in inputs]
+    loc_budgets = [max_new_tokens_for(tokenizer, t, lang, config.gen_extra_tokens) for _, t, lang in inputs]
     gen_cases = (inputs if config.generation else []) + probe_cases
     budgets = (loc_budgets if config.generation else []) + [config.probe_tokens] * len(probes)
-    generated = base.generate(gen_cases, budgets) if gen_cases else []
+    generated_ids = base.generate_ids(gen_cases, budgets) if gen_cases else []
+    generated = [answer_text(tokenizer, ids) for ids in generated_ids]
     loc_texts: list[str | None] = generated[: len(inputs)] if config.generation else [None] * len(inputs)
-    answers = generated[len(generated) - len(probes) :] if probes else []
+    start = len(generated) - len(probes)
+    answers, answer_ids = generated[start:], generated_ids[start:]
     references = [first_line(answer).strip() for answer in answers]
-    answered = [i for i, ref in enumerate(references) if ref]
-    preds = base.predict(inputs + [(probes[i][1].question, references[i], probes[i][0]) for i in answered])
+    # A probe's reference is the untouched model's own greedy answer, so its generation usually shows the
+    # teacher-forced prediction already; only the rest (an answer whose ids differ once re-encoded) runs.
+    pred_of = {
+        i: prediction_shown(answer_ids[i], encode_answer(tokenizer, ref, probes[i][0]))
+        for i, ref in enumerate(references)
+        if ref
+    }
+    rerun = [i for i, pred in pred_of.items() if pred is None]
+    preds = base.predict(inputs + [(probes[i][1].question, references[i], probes[i][0]) for i in rerun])
+    pred_of.update(zip(rerun, preds[len(inputs) :], strict=True))
     pre: dict[str, dict[str, Any]] = {}
     for (lang, _), pred, text in zip(keys, preds, loc_texts, strict=False):
         pre[lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
-    pred_of = dict(zip(answered, preds[len(inputs) :], strict=True))
     for i, ((lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
         entry: dict[str, Any] = {**dataclasses.asdict(probe), "reference": ref, "generated": answer}
-        if i in pred_of:
-            entry |= {"pred_ids": pred_of[i].pred_ids, "target_ids": pred_of[i].target_ids}
+        if (pred := pred_of.get(i)) is not None:
+            entry |= {"pred_ids": pred.pred_ids, "target_ids": pred.target_ids}
         pre.setdefault(lang, {}).setdefault(SPECIFICITY, []).append(entry)
     return pre
 
