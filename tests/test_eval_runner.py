@@ -521,6 +521,19 @@ def test_probe_references_read_from_the_generation_equal_a_teacher_forced_pass(
     )
 
 
+def test_references_taken_for_several_records_at_once_equal_one_record_at_a_time(
+    full_run: tuple[Path, dict], tiny: Any, data_file: Path, tmp_path: Path
+) -> None:
+    """The untouched model's references of several records share one pass (``reference_records``, 4 by
+    default): the rows equal a run that takes them one record at a time, and every row still times them."""
+    _run(tiny, data_file, tmp_path / "one", reference_records=1)
+    rows = read_rows(full_run[0] / RECORDS_FILE)
+    assert _untimed(read_rows(tmp_path / "one" / RECORDS_FILE)) == _untimed(rows)
+    assert all(row["seconds"]["pre"] > 0 and row["seconds"]["total"] >= row["seconds"]["pre"] for row in rows)
+    with pytest.raises(EvalConfigError, match="reference_records"):
+        EvalConfig(model=MODEL_NAME, data=str(data_file), reference_records=0)
+
+
 def _untimed(value: Any) -> Any:
     """``value`` without its wall-clock ``seconds`` entries, at any depth."""
     if isinstance(value, dict):

@@ -110,21 +110,27 @@ def _probes(record: BenchmarkRecord, lang: str, sources: Sequence[str]) -> list[
     return [p for p in record.probes.get(lang, ()) if p.source in sources]
 
 
-def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer) -> dict[str, dict[str, Any]]:
-    """References on the untouched model, per language: Locality's teacher-forced ids and generation, and
-    each Specificity probe's pre-edit answer (greedy, first line, ``probe_tokens`` at most) with the
-    teacher-forced ids of the untouched model on that answer.
+def pre_predictions(
+    records: Sequence[BenchmarkRecord], langs: Sequence[str], base: Scorer
+) -> list[dict[str, dict[str, Any]]]:
+    """References on the untouched model, per record and language: Locality's teacher-forced ids and
+    generation, and each Specificity probe's pre-edit answer (greedy, first line, ``probe_tokens`` at most)
+    with the teacher-forced ids of the untouched model on that answer.
 
-    One generation pass serves every language, Locality and probes alike (its decoding steps cost about the
-    same for one row as for many); one teacher-forced pass then serves Locality and the few probes whose
-    generation does not already show their teacher-forced ids (:func:`prediction_shown`)."""
+    One generation pass serves every record and language, Locality and probes alike (a decoding step costs
+    far less per row for many rows than for a few); one teacher-forced pass then serves Locality and the few
+    probes whose generation does not already show their teacher-forced ids (:func:`prediction_shown`)."""
     config, tokenizer = base.config, base.tokenizer
-    keys = _cases(record, langs, [LOCALITY])
-    inputs = _case_inputs(record, keys)
-    probes = [(lang, p) for lang in langs for p in _probes(record, lang, config.specificity)]
-    probe_cases = [(p.question, "", lang) for lang, p in probes]
+    keys = [_cases(record, langs, [LOCALITY]) for record in records]
+    inputs = [case for record, k in zip(records, keys, strict=True) for case in _case_inputs(record, k)]
+    probes = [
+        (n, lang, p)
+        for n, record in enumerate(records)
+        for lang in langs
+        for p in _probes(record, lang, config.specificity)
+    ]
     loc_budgets = [max_new_tokens_for(tokenizer, t, lang, config.gen_extra_tokens) for _, t, lang in inputs]
-    gen_cases = (inputs if config.generation else []) + probe_cases
+    gen_cases = (inputs if config.generation else []) + [(p.question, "", lang) for _, lang, p in probes]
     budgets = (loc_budgets if config.generation else []) + [config.probe_tokens] * len(probes)
     generated_ids = base.generate_ids(gen_cases, budgets) if gen_cases else []
     generated = [answer_text(tokenizer, ids) for ids in generated_ids]
@@ -135,21 +141,22 @@ def pre_predictions(record: BenchmarkRecord, langs: Sequence[str], base: Scorer)
     # A probe's reference is the untouched model's own greedy answer, so its generation usually shows the
     # teacher-forced prediction already; only the rest (an answer whose ids differ once re-encoded) runs.
     pred_of = {
-        i: prediction_shown(answer_ids[i], encode_answer(tokenizer, ref, probes[i][0]))
+        i: prediction_shown(answer_ids[i], encode_answer(tokenizer, ref, probes[i][1]))
         for i, ref in enumerate(references)
         if ref
     }
     rerun = [i for i, pred in pred_of.items() if pred is None]
-    preds = base.predict(inputs + [(probes[i][1].question, references[i], probes[i][0]) for i in rerun])
+    preds = base.predict(inputs + [(probes[i][2].question, references[i], probes[i][1]) for i in rerun])
     pred_of.update(zip(rerun, preds[len(inputs) :], strict=True))
-    pre: dict[str, dict[str, Any]] = {}
-    for (lang, _), pred, text in zip(keys, preds, loc_texts, strict=False):
-        pre[lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
-    for i, ((lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
+    pre: list[dict[str, dict[str, Any]]] = [{} for _ in records]
+    loc_keys = [(n, lang) for n, k in enumerate(keys) for lang, _ in k]
+    for (n, lang), pred, text in zip(loc_keys, preds, loc_texts, strict=False):
+        pre[n][lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
+    for i, ((n, lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
         entry: dict[str, Any] = {**dataclasses.asdict(probe), "reference": ref, "generated": answer}
         if (pred := pred_of.get(i)) is not None:
             entry |= {"pred_ids": pred.pred_ids, "target_ids": pred.target_ids}
-        pre.setdefault(lang, {}).setdefault(SPECIFICITY, []).append(entry)
+        pre[n].setdefault(lang, {}).setdefault(SPECIFICITY, []).append(entry)
     return pre
 
 
