@@ -411,13 +411,14 @@ def test_cli_eval_end_to_end(tiny: Any, data_file: Path, tmp_path: Path, monkeyp
         "1",
         *tiny_settings,
     ]
-    result = runner.invoke(app, [*args, "--out", str(out)])
+    result = runner.invoke(app, [*args, "--reference-records", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Teacher-forced F1 / EM" in result.output
     summary = json.loads((out / SUMMARY_JSON).read_text(encoding="utf-8"))
     assert summary["n_records"] == 1 and summary["langs"] == ["en", "zh"]
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["method_config"]["max_steps"] == TINY_CONFIG.max_steps  # the values in force are recorded
+    assert run["config"]["reference_records"] == 2
 
     unknown = runner.invoke(app, [*args, "--method", "rome", "--out", str(tmp_path / "r")])
     assert unknown.exit_code == 1 and "unknown method 'rome'" in unknown.output and "lu-lafns" in unknown.output

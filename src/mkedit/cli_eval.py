@@ -76,6 +76,10 @@ def eval_command(
         typer.Option("--probe-templates", help="Relation templates for the templates source (JSON)"),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 32,
+    reference_records: Annotated[
+        int,
+        typer.Option("--reference-records", min=1, help="Records whose pre-edit references share one batched pass"),
+    ] = 4,
     curve_every: Annotated[
         int, typer.Option("--curve-every", min=1, help="Sequential: a curve point every N records")
     ] = 10,
@@ -111,6 +115,7 @@ def eval_command(
             sequential=sequential,
             generation=generation,
             batch_size=batch_size,
+            reference_records=reference_records,
             curve_every=curve_every,
             specificity=specificity,  # type: ignore[arg-type]  # parsed by EvalConfig
             probe_templates=str(probe_templates) if probe_templates else None,
