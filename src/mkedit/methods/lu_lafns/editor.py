@@ -230,7 +230,8 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
         self._warned_layers = True
         log.warning(
             "layer %d is the model's last: an update at the subject's last token cannot reach the answer tokens "
-            "there (no attention follows), so it stays zero and is not stored; choose earlier layers",
+            "there (no attention follows) unless the question ends with the subject, so it mostly stays zero "
+            "and is not stored; choose earlier layers",
             last,
         )
 
