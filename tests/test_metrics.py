@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import StoppingCriteriaList
+from transformers import PreTrainedTokenizerBase, StoppingCriteriaList
 
 from conftest import FAMILIES, build_tiny_model, build_tiny_tokenizer
 from mkedit.eval.metrics import (
     AnswerLineDone,
+    GenerateFn,
     TokenPrediction,
     aggregate,
     answer_text,
@@ -18,7 +19,6 @@ from mkedit.eval.metrics import (
     gen_exact_match,
     gen_locality_scores,
     generate_answer_ids,
-    generate_answers,
     generation_shown,
     locality_scores,
     max_new_tokens_for,
@@ -37,6 +37,30 @@ CASES = [
     ("Who wrote Hamlet? The play was written by", "William Shakespeare", "en"),
     ("La capitale de l'Italie est", "Rome", "fr"),
 ]
+
+
+def greedy_generate(model: torch.nn.Module) -> GenerateFn:
+    """A :data:`GenerateFn` of ``model``'s own greedy loop (KV cache, stopping criterion)."""
+
+    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([stop]),
+        )
+        return out[:, ids.shape[1] :]
+
+    return greedy
+
+
+def generate_answers(
+    generate_fn: GenerateFn, tok: PreTrainedTokenizerBase, prompts: list[str], budgets: list[int], batch_size: int = 8
+) -> list[str]:
+    """Greedy answers as the scorer keeps them (:func:`generate_answer_ids`, then :func:`answer_text`)."""
+    return [answer_text(tok, ids) for ids in generate_answer_ids(generate_fn, tok, prompts, budgets, batch_size)]
 
 
 def hf_logits(model: torch.nn.Module):
@@ -279,17 +303,7 @@ def test_answer_line_done_marks_rows_with_a_complete_line_or_a_spent_budget() ->
 def test_generate_answers_with_a_real_generate_loop() -> None:
     tok = build_tiny_tokenizer()
     model = build_tiny_model("gpt2")
-
-    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new,
-            do_sample=False,
-            pad_token_id=0,
-            stopping_criteria=StoppingCriteriaList([stop]),
-        )
-        return out[:, ids.shape[1] :]
+    greedy = greedy_generate(model)
 
     prompts = ["The capital of France is", "法国的首都是"]
     budgets = [max_new_tokens_for(tok, "Paris", "en"), max_new_tokens_for(tok, "巴黎", "zh", extra_tokens=0)]
@@ -343,17 +357,7 @@ def test_prediction_shown_is_what_teacher_forcing_computes_on_a_greedy_answer() 
     """The untouched model's probe references skip their teacher-forced pass when the generation shows it."""
     tok = build_tiny_tokenizer()
     model = build_tiny_model("gpt2")
-
-    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new,
-            do_sample=False,
-            pad_token_id=0,
-            stopping_criteria=StoppingCriteriaList([stop]),
-        )
-        return out[:, ids.shape[1] :]
+    greedy = greedy_generate(model)
 
     prompts = ["The capital of France is", "Who made the Volvo B12M?", "法国的首都是"]
     generated = generate_answer_ids(greedy, tok, prompts, [6, 6, 6], batch_size=3)

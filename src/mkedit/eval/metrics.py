@@ -208,7 +208,7 @@ def through_first_line(generated: str) -> str:
 
 
 def generation_shown(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase, budget: int) -> str | None:
-    """The greedy generation (as :func:`generate_answers` keeps it) that a teacher-forced pass already shows,
+    """The greedy generation (as :func:`answer_text` keeps it) that a teacher-forced pass already shows,
     else None. When every answer token is the argmax given the prompt and the tokens before it, greedy
     decoding produces exactly the answer and then ``next_id``; if that token ends the generation (EOS) or
     its first line (a line break) within ``budget``, there is nothing left to generate."""
@@ -257,19 +257,6 @@ def generate_answer_ids(
 def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
     """A generation as it is kept and scored: decoded, through its first non-blank line."""
     return through_first_line(tokenizer.decode(ids, skip_special_tokens=True))
-
-
-def generate_answers(
-    generate_fn: GenerateFn,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens_for_each: Sequence[int],
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-) -> list[str]:
-    """Greedy answers of ``prompts`` as kept (:func:`generate_answer_ids`, then :func:`answer_text`)."""
-    ids = generate_answer_ids(generate_fn, tokenizer, prompts, max_new_tokens_for_each, batch_size, device)
-    return [answer_text(tokenizer, row) for row in ids]
 
 
 def prediction_shown(generated_ids: Sequence[int], answer_ids: Sequence[int]) -> TokenPrediction | None:

@@ -150,7 +150,7 @@ def pre_predictions(
     pred_of.update(zip(rerun, preds[len(inputs) :], strict=True))
     pre: list[dict[str, dict[str, Any]]] = [{} for _ in records]
     loc_keys = [(n, lang) for n, k in enumerate(keys) for lang, _ in k]
-    for (n, lang), pred, text in zip(loc_keys, preds, loc_texts, strict=False):
+    for (n, lang), pred, text in zip(loc_keys, preds[: len(inputs)], loc_texts, strict=True):
         pre[n][lang] = {"loc_pred_ids": pred.pred_ids, "loc_target_ids": pred.target_ids, "loc_generated": text}
     for i, ((n, lang, probe), answer, ref) in enumerate(zip(probes, answers, references, strict=True)):
         entry: dict[str, Any] = {**dataclasses.asdict(probe), "reference": ref, "generated": answer}
