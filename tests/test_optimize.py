@@ -269,6 +269,28 @@ def test_early_stop_keeps_the_update_it_measured() -> None:
         torch.testing.assert_close(stopped.deltas[layer], three.deltas[layer])
 
 
+def test_without_kl_weight_the_kl_prompts_are_not_run() -> None:
+    """λ2 = 0 (the qwen2.5-0.5b preset): the editor leaves the KL prompts out, and the update is the one the KL
+    prompts' zero-weighted rows would have given."""
+    from mkedit.methods.lu_lafns import LuLafnEditor
+
+    adapter = get_adapter(build_tiny_model("llama"))
+    lafns = random_lafns(adapter.d_ffn)
+    sequences = training_sequences()
+    targets = [s for s in sequences if s.kind == "target"]
+    assert len(targets) < len(sequences)
+    with_rows = optimize_delta(adapter, sequences, lafns, config(max_steps=4, lambda_kl=0.0), 0)
+    without = optimize_delta(adapter, targets, lafns, config(max_steps=4, lambda_kl=0.0), 0)
+    assert without.kl == 0.0 and without.history == pytest.approx(with_rows.history)
+    for layer in LAYERS:
+        torch.testing.assert_close(without.deltas[layer], with_rows.deltas[layer])
+    cfg = LuLafnConfig(layers=LAYERS, num_prefixes=1)
+    editor = LuLafnEditor(adapter.model, build_tiny_tokenizer(), cfg.replace(lambda_kl=0.0), "tiny")
+    assert {s.kind for s in editor.training_sequences(_group())[0]} == {"target"}
+    with_kl = LuLafnEditor(adapter.model, editor.tokenizer, cfg, "tiny")  # the paper's λ2
+    assert {s.kind for s in with_kl.training_sequences(_group())[0]} == {"target", "kl"}
+
+
 def _group() -> EditGroup:
     return EditGroup(REQUESTS, "g1")
 

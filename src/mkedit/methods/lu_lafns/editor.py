@@ -108,7 +108,7 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 aligned=group.other_subjects(req.lang),
                 chat=self.config.chat_form and bool(self.tokenizer.chat_template),
             )
-            sequences += seqs
+            sequences += [s for s in seqs if s.kind != "kl" or self.config.lambda_kl > 0]  # λ2 = 0: nothing to run
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
         if self.config.lambda_keep > 0:
             prompts = keep_prompts(group, keep_templates(self.config.keep_templates))
