@@ -31,11 +31,13 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from mkedit.arch import get_adapter
 from mkedit.data import load_records
@@ -67,7 +69,9 @@ def edit_subjects(group: EditGroup) -> dict[str, list[str]]:
     return forms
 
 
-def answered_probes(records: Sequence[BenchmarkRecord], langs: Sequence[str], model: Any, tokenizer: Any) -> Answered:
+def answered_probes(
+    records: Sequence[BenchmarkRecord], langs: Sequence[str], model: nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> Answered:
     """Per record and language, the probe questions the untouched model answers: those the Specificity metric
     scores (the evaluation's own pre-edit pass, :func:`mkedit.eval.scoring.pre_predictions`)."""
     config = EvalConfig(generation=False)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -49,6 +53,41 @@ def tiny_config(family: str) -> PretrainedConfig:
 
 
 FAMILIES = ("llama", "qwen2", "gemma3", "bloom", "gpt2")
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (registered under ``name``: dataclasses look their module up)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mzsre_part(subject: str, question: str, answer: str) -> dict[str, str]:
+    """One language of an MzsRE-format record; the rephrase says "What" for "Which"."""
+    return {
+        "subject": subject,
+        "src": question,
+        "rephrase": question.replace("Which", "What"),
+        "alt": answer,
+        "loc": "nq question: who wrote hamlet",
+        "loc_ans": "Shakespeare",
+    }
+
+
+TWO_RECORDS = [  # two en+zh facts in MzsRE's format
+    {
+        "en": mzsre_part("Volvo B12M", "Which company makes the Volvo B12M?", "Honda"),
+        "zh": mzsre_part("沃尔沃B12M", "沃尔沃B12M是哪家公司生产的？", "本田"),
+    },
+    {
+        "en": mzsre_part("Lake Tana", "Which country is Lake Tana in?", "Peru"),
+        "zh": mzsre_part("塔纳湖", "塔纳湖位于哪个国家？", "秘鲁"),
+    },
+]
 
 
 def build_tiny_model(family: str, seed: int = 0) -> torch.nn.Module:

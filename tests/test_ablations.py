@@ -4,56 +4,25 @@ recorded once per record (resume included), and the β table counts LAFNs per la
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import TWO_RECORDS, build_tiny_model, build_tiny_tokenizer, load_benchmark
 from mkedit.data import load_records
 from mkedit.eval.runner import EvalConfig
 from mkedit.eval.variants import Variant, pass_ends, run_in_step
 from mkedit.methods.lu_lafns import LuLafnConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
 TINY = LuLafnConfig().with_overrides({"layers": "1,2", "max_steps": "2", "num_prefixes": "1"})
 
 
 @pytest.fixture(scope="module")
 def ablations() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablations"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def _part(subject: str, question: str, answer: str) -> dict[str, Any]:
-    return {
-        "subject": subject,
-        "src": question,
-        "rephrase": question.replace("Which", "What"),
-        "alt": answer,
-        "loc": "nq question: who wrote hamlet",
-        "loc_ans": "Shakespeare",
-    }
-
-
-RECORDS = [
-    {
-        "en": _part("Volvo B12M", "Which company makes the Volvo B12M?", "Honda"),
-        "zh": _part("沃尔沃B12M", "沃尔沃B12M是哪家公司生产的？", "本田"),
-    },
-    {
-        "en": _part("Lake Tana", "Which country is Lake Tana in?", "Peru"),
-        "zh": _part("塔纳湖", "塔纳湖位于哪个国家？", "秘鲁"),
-    },
-]
+    return load_benchmark("ablations")
 
 
 def test_pass_ends() -> None:
@@ -127,7 +96,7 @@ def test_paraphrases_strategy_needs_an_existing_file(ablations: ModuleType, tmp_
 
 def _data(tmp_path: Path) -> Path:
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    path.write_text(json.dumps(TWO_RECORDS, ensure_ascii=False), encoding="utf-8")
     return path
 
 
@@ -195,7 +164,7 @@ def test_paraphrases_variant_locates_with_the_file(ablations: ModuleType, tmp_pa
     lines = [
         {"record_id": "bench:0", "lang": lang, "question": part["src"], "subject": part["subject"], "source": "test"}
         | {"paraphrases": [f"{part['subject']} {tail}" for tail in ("?", "maker?", "built by whom?")], "raw_count": 3}
-        for lang, part in RECORDS[0].items()
+        for lang, part in TWO_RECORDS[0].items()
     ]
     path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     paraphrased, extra = ablations.with_paraphrases(records, path)

@@ -1,63 +1,33 @@
 """``benchmarks/relation_gate.py --answered``: only the probes the untouched model answers are counted, as the
-Specificity metric counts them, so that 100 minus their firing rate bounds Specificity EM from below."""
+Specificity metric counts them, so that the share that does not fire (a mean over records) bounds Specificity EM
+from below."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import TWO_RECORDS, build_tiny_model, build_tiny_tokenizer, load_benchmark
 from mkedit.arch import get_adapter
 from mkedit.data import load_records
 from mkedit.data.probes import SOURCES
 from mkedit.eval.scoring import Scorer
 from mkedit.runtime.encoders import build_encoder
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_gate.py"
 LANGS = ["en", "zh"]
-
-
-def _part(subject: str, question: str, answer: str) -> dict[str, str]:
-    return {
-        "subject": subject,
-        "src": question,
-        "rephrase": question.replace("Which", "What"),
-        "alt": answer,
-        "loc": "nq question: who wrote hamlet",
-        "loc_ans": "Shakespeare",
-    }
-
-
-RECORDS = [
-    {
-        "en": _part("Volvo B12M", "Which company makes the Volvo B12M?", "Honda"),
-        "zh": _part("沃尔沃B12M", "沃尔沃B12M是哪家公司生产的？", "本田"),
-    },
-    {
-        "en": _part("Lake Tana", "Which country is Lake Tana in?", "Peru"),
-        "zh": _part("塔纳湖", "塔纳湖位于哪个国家？", "秘鲁"),
-    },
-]
 
 
 @pytest.fixture(scope="module")
 def relation_gate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("relation_gate_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["relation_gate_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("relation_gate")
 
 
 def test_only_answered_probes_count(relation_gate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "records.json"
-    data.write_text(json.dumps(RECORDS, ensure_ascii=False), encoding="utf-8")
+    data.write_text(json.dumps(TWO_RECORDS, ensure_ascii=False), encoding="utf-8")
     records = load_records(data, LANGS, None, 0, SOURCES)
     probes = {lang: [p.question for p in records[0].probes[lang]] for lang in LANGS}
     assert all(len(questions) >= 2 for questions in probes.values())
