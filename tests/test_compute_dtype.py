@@ -76,7 +76,7 @@ def test_bfloat16_edit_learns_and_leaves_the_float32_model_untouched(family: str
     for name in ("model", "bfloat16"):
         editor = LuLafnEditor(model, tokenizer, TINY.replace(compute_dtype=name), "tiny")
         history: list[float] = []
-        edits[name] = (editor.edit(GROUP, on_step=lambda _step, loss, h=history: h.append(loss)), history)
+        edits[name] = (editor.edit(GROUP, on_step=lambda report, h=history: h.append(report.loss)), history)
         assert all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.equal(weights_checksum(model), before)
     fp32, bf16 = edits["model"][1], edits["bfloat16"][1]

@@ -235,10 +235,12 @@ def test_answer_nll_decreases(family: str) -> None:
         lafns,
         config(max_steps=15, learning_rate=0.5, max_delta_norm_ratio=4.0),
         0,
-        on_step=lambda step, loss: steps.append((step, loss)),
+        on_step=steps.append,
     )
     assert result.steps == 15 == len(result.history)
-    assert steps == list(enumerate(result.history, start=1))
+    assert [(r.step, r.loss) for r in steps] == list(enumerate(result.history, start=1))
+    assert all(r.worst_nll >= r.nll > 0 for r in steps)  # the highest sequence NLL bounds their mean
+    assert steps[-1].nll == pytest.approx(result.target_nll)
     assert result.history[-1] < result.history[0]
     assert result.target_nll < result.history[0]  # at step 0 ΔV = 0, so the loss is the base NLL (KL = 0)
 

@@ -274,7 +274,7 @@ def test_full_edit_on_tiny_model_is_applied_by_edited_model() -> None:
         )
     )
     steps = []
-    edit = editor.edit(group, on_step=lambda step, loss: steps.append(step))
+    edit = editor.edit(group, on_step=lambda report: steps.append(report.step))
     assert steps == [1, 2, 3]
     assert edit.edit_id == edit_id_for(group) and edit.edit_id.startswith("edit-")
     assert edit.subjects == {"en": ["Russia"], "cs": ["Ruská federace", "Ruské federace"]}

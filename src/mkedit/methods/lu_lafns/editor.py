@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 
@@ -16,7 +16,7 @@ from mkedit.methods.common.keep import keep_prompts, keep_templates
 from mkedit.methods.common.weights import only_trainable
 from mkedit.methods.lu_lafns.config import PRESETS, LuLafnConfig, get_preset, preset_for
 from mkedit.methods.lu_lafns.locate import LocateResult, locate_lafns
-from mkedit.methods.lu_lafns.optimize import optimize_delta
+from mkedit.methods.lu_lafns.optimize import StepCallback, optimize_delta
 from mkedit.methods.registry import register_method
 from mkedit.models.compute_dtype import ComputeDtype, native_matmul
 from mkedit.models.device import DTYPES
@@ -37,7 +37,6 @@ from mkedit.types import EditGroup
 log = logging.getLogger(__name__)
 
 METHOD_NAME = "lu-lafns"
-StepCallback = Callable[[int, float], None]
 
 
 @register_method

@@ -38,6 +38,20 @@ from mkedit.methods.lu_lafns.config import LuLafnConfig
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """One optimisation step, as ``on_step`` sees it: the loss, the mean answer NLL over the target sequences and
+    the highest one (the quantities the ``mean`` and ``every_sequence`` early stops compare with ``early_stop_nll``)."""
+
+    step: int
+    loss: float
+    nll: float
+    worst_nll: float
+
+
+StepCallback = Callable[[StepReport], None]
+
+
 @dataclass
 class OptimizeResult:
     deltas: dict[int, torch.Tensor]  # layer -> ΔV values on that layer's LAFNs
@@ -115,7 +129,7 @@ def optimize_delta(
     lafns: dict[int, torch.Tensor],
     config: LuLafnConfig,
     pad_id: int,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> OptimizeResult:
     """Adam on ΔV until the answer NLL (``early_stop``: the mean, or every sequence's) falls below
     ``early_stop_nll``, or ``max_steps`` is reached."""
@@ -158,7 +172,7 @@ def optimize_delta(
         history.append(total)
         steps = step + 1
         if on_step is not None:
-            on_step(steps, total)
+            on_step(StepReport(steps, total, nll, worst))
         if (worst if config.early_stop == "every_sequence" else nll) < config.early_stop_nll:
             break  # before the backward pass, which this step no longer needs
         loss.backward()
