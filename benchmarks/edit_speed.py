@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from mkedit.cli_common import warn
 from mkedit.data import load_records
 from mkedit.data.editable import editable_groups
 from mkedit.demo import demo_records
@@ -84,10 +85,6 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that a wall-clock interval holds all of it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def run_mode(loaded, groups, config: LuLafnConfig) -> dict[str, float]:
@@ -150,7 +147,7 @@ def main() -> None:
     else:
         records = demo_records()[args.offset : args.offset + args.groups]
     # A language whose subject cannot be placed is left out and a group with none is skipped, as in mkedit edit.
-    groups = editable_groups([r.group.restrict(langs) for r in records], True, to_stderr, str(args.data or "the demo"))
+    groups = editable_groups([r.group.restrict(langs) for r in records], True, warn, str(args.data or "the demo"))
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     overrides = parse_overrides(args.overrides)
     base = preset_for(loaded.name).config.with_overrides(overrides)

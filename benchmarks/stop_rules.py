@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from mkedit.cli_common import warn
 from mkedit.data import load_records
 from mkedit.data.editable import editable_groups
 from mkedit.methods.config import parse_overrides
@@ -56,10 +56,6 @@ def trace(editor: LuLafnEditor, group: EditGroup, threshold: float) -> dict[str,
     }
 
 
-def to_stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b")
@@ -73,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     langs = args.langs.split(",")
     records = load_records(args.data, langs, limit=args.limit, offset=args.offset)
-    groups = editable_groups([r.group.restrict(langs) for r in records], True, to_stderr, str(args.data))
+    groups = editable_groups([r.group.restrict(langs) for r in records], True, warn, str(args.data))
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     config: LuLafnConfig = preset_for(loaded.name).config.with_overrides(parse_overrides(args.overrides))
     # A threshold no NLL reaches lets every edit run max_steps, so that both rules' steps are on the trajectory.
