@@ -95,6 +95,9 @@ class GroupWork:
         self.config = method.config
         self.langs = group.langs
         self.batches: dict[str, TensorBatch] = {}
+        # The same rows with every subject ending in one column: the value optimisation computes the columns
+        # before it once (values.py); keys are read from the right-padded rows.
+        self.value_batches: dict[str, TensorBatch] = {}
         self.subjects: dict[str, list[str]] = {}
         self.values: dict[str, ValueResult] = {}
         self.reused: set[str] = set()  # languages whose value was remembered rather than optimised
@@ -106,7 +109,9 @@ class GroupWork:
             aligned = group.other_subjects(req.lang)
             seqs, span = sequences_for_request(method.tokenizer, req, prefixes, True, context, aligned=aligned)
             n_target = sum(s.kind == "target" for s in seqs)
-            self.batches[req.lang] = to_tensor_batch(seqs, method.tokenizer.pad_token_id, n_target, 1, device)
+            pad = method.tokenizer.pad_token_id
+            self.batches[req.lang] = to_tensor_batch(seqs, pad, n_target, 1, device)
+            self.value_batches[req.lang] = to_tensor_batch(seqs, pad, n_target, 1, device, align_subjects=True)
             self.subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
 
     def value(self, lang: str, layer: int, sites: Sequence[Site], in_force: FFNDeltas | None = None) -> ValueResult:
@@ -121,7 +126,7 @@ class GroupWork:
         key = (self.model_state, request, layer, tuple(sites), deltas_digest(in_force))
         result = self.method.values_seen.get(key)
         if result is None:
-            result = optimise_value(self.adapter, self.batches[lang], layer, sites, self.config, in_force)
+            result = optimise_value(self.adapter, self.value_batches[lang], layer, sites, self.config, in_force)
             self.method.values_seen.put(key, result)
         else:
             self.reused.add(lang)

@@ -16,16 +16,17 @@ question. The KL is read at the KL prompt's last token (as LU-LAFNs' Eq. 9), not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from mkedit.arch import FFNAdapter
 from mkedit.arch.replay import capture_block_output, replaying
-from mkedit.methods.common.batch import TensorBatch, read_logprobs
+from mkedit.methods.common.batch import TensorBatch, prefix_cache, read_logprobs
 from mkedit.methods.locate_edit.config import LocateEditConfig
 from mkedit.methods.locate_edit.hooks import FFNDeltas, Site, added_at, captured, ffn_deltas, truncated_after
 
@@ -82,15 +83,61 @@ def read_at_subject(
     )
 
 
+@dataclass
+class _Prepared:
+    """What every step of one value optimisation reuses: the base KL log-probs, each site's output at the bare
+    question, the lower blocks' output for replay, and, for a subject-aligned batch, the keys and values of
+    the columns before the subjects (``past``; ``start`` is then the first column a step computes)."""
+
+    batch: TensorBatch
+    base_kl: torch.Tensor
+    init: dict[Site, torch.Tensor]
+    lower: torch.Tensor | None
+    past: Any
+    rows: torch.Tensor  # every row, target and KL prompts alike
+    pos: torch.Tensor  # each row's subject position, counted from ``start``
+
+
+def _prepare(
+    adapter: FFNAdapter, batch: TensorBatch, layer: int, sites: Sequence[Site], in_force: FFNDeltas | None
+) -> _Prepared:
+    """One no-grad forward without the value deltas (with ``in_force`` simulated).
+
+    A subject-aligned batch (``to_tensor_batch(..., align_subjects=True)``) has every subject end in column
+    ``split``; no value delta reaches the columns before it, so they are computed once here, as LU-LAFNs does."""
+    with ExitStack() as stack, torch.no_grad():
+        stack.enter_context(ffn_deltas(adapter, in_force or {}))
+        past = prefix_cache(adapter, batch) if batch.split > 0 else None
+        seen = stack.enter_context(captured(adapter, (), [(site, layer) for site in sites]))
+        lower = stack.enter_context(capture_block_output(adapter, layer - 1)) if layer > 0 else None
+        base_kl = read_logprobs(adapter, batch, batch.kl_rows, batch.kl_pos, full_logits=False, past=past)
+    start = batch.split if past is not None else 0
+    row, pos = batch.subject_rows[0], batch.subject_pos[0] - start
+    init = {site: seen[(site, layer)][row, pos].float() for site in sites}
+    rows, positions = _all_rows(batch)
+    return _Prepared(batch, base_kl, init, lower["out"] if lower is not None else None, past, rows, positions - start)
+
+
 def _loss(
-    adapter: FFNAdapter, batch: TensorBatch, base_kl: torch.Tensor, config: LocateEditConfig
+    adapter: FFNAdapter,
+    prepared: _Prepared,
+    layer: int,
+    deltas: Mapping[Site, torch.Tensor],
+    in_force: FFNDeltas | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, pos = batch.read_positions()
-    logp = read_logprobs(adapter, batch, rows, pos, full_logits=False)
+    """The answer NLL and the KL term with ``deltas`` added at every row's subject."""
+    batch = prepared.batch
+    with ExitStack() as stack:
+        stack.enter_context(ffn_deltas(adapter, in_force or {}))
+        if prepared.lower is not None:
+            stack.enter_context(replaying(adapter, layer, prepared.lower))
+        stack.enter_context(added_at(adapter, layer, deltas, prepared.rows, prepared.pos))
+        rows, pos = batch.read_positions()
+        logp = read_logprobs(adapter, batch, rows, pos, full_logits=False, past=prepared.past)
     n_t = batch.target_rows.numel()
     token_logp = logp[:n_t].gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
     nll = -(token_logp * batch.target_weight).sum()
-    kl = (F.kl_div(logp[n_t:], base_kl, log_target=True, reduction="none").sum(-1) * batch.kl_weight).sum()
+    kl = (F.kl_div(logp[n_t:], prepared.base_kl, log_target=True, reduction="none").sum(-1) * batch.kl_weight).sum()
     return nll, kl
 
 
@@ -102,27 +149,17 @@ def optimise_value(
     config: LocateEditConfig,
     in_force: FFNDeltas | None = None,
 ) -> ValueResult:
-    """Learn the site outputs at ``layer`` that make the model give the new answer (see the module doc)."""
-    rows, pos = _all_rows(batch)
-    with ExitStack() as stack, torch.no_grad():
-        stack.enter_context(ffn_deltas(adapter, in_force or {}))
-        seen = stack.enter_context(captured(adapter, (), [(site, layer) for site in sites]))
-        lower = stack.enter_context(capture_block_output(adapter, layer - 1)) if layer > 0 else None
-        base_kl = read_logprobs(adapter, batch, batch.kl_rows, batch.kl_pos, full_logits=False)
-    init = {site: seen[(site, layer)][batch.subject_rows[0], batch.subject_pos[0]].float() for site in sites}
-    device = batch.input_ids.device
-    deltas = {site: torch.zeros_like(init[site], device=device, requires_grad=True) for site in sites}
+    """Learn the site outputs at ``layer`` that make the model give the new answer (see the module doc).
+    ``batch`` may be right-padded or subject-aligned; the objective is the same, the aligned one cheaper."""
+    prepared = _prepare(adapter, batch, layer, sites, in_force)
+    init = prepared.init
+    deltas = {site: torch.zeros_like(init[site], requires_grad=True) for site in sites}
     optimizer = torch.optim.Adam(list(deltas.values()), lr=config.v_lr)
     nll_before = nll_value = kl_value = float("nan")
     steps = 0
     for step in range(config.v_num_grad_steps):
         optimizer.zero_grad(set_to_none=True)
-        with ExitStack() as stack:
-            stack.enter_context(ffn_deltas(adapter, in_force or {}))
-            if lower is not None:
-                stack.enter_context(replaying(adapter, layer, lower["out"]))
-            stack.enter_context(added_at(adapter, layer, deltas, rows, pos))
-            nll, kl = _loss(adapter, batch, base_kl, config)
+        nll, kl = _loss(adapter, prepared, layer, deltas, in_force)
         decay = sum(deltas[s].norm() / init[s].norm().clamp_min(1e-6) ** 2 for s in sites)
         loss = nll + config.kl_factor * kl + config.v_weight_decay * decay
         steps = step + 1
