@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -31,7 +30,7 @@ from mkedit.eval.metrics import gen_contains, teacher_forced
 from mkedit.methods.common.batch import chat_prompt
 from mkedit.methods.lu_lafns import LuLafnEditor, preset_for
 from mkedit.models import load_model
-from mkedit.models.device import add_device_options
+from mkedit.models.device import add_model_and_data_options
 
 METRICS = (RELIABILITY, GENERALITY)
 
@@ -52,10 +51,7 @@ def generate(view, tokenizer, prompts: list[str], chat: bool, max_new_tokens: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b")
-    add_device_options(parser)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--langs", default="en,zh")
+    add_model_and_data_options(parser)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=24)

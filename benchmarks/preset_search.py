@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +20,7 @@ from mkedit.data import load_records
 from mkedit.eval.metrics import teacher_forced
 from mkedit.methods.lu_lafns import LuLafnEditor, preset_for
 from mkedit.models import load_model
-from mkedit.models.device import add_device_options
+from mkedit.models.device import add_model_and_data_options
 from mkedit.runtime.edited_model import EditedModel
 
 
@@ -50,10 +49,7 @@ def evaluate(loaded, records, langs, changes: dict) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b")
-    add_device_options(parser)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--langs", default="en,zh")
+    add_model_and_data_options(parser)
     parser.add_argument("--records", type=int, default=8)
     parser.add_argument("--try", dest="tries", action="append", default=[], help="JSON of config changes")
     args = parser.parse_args()

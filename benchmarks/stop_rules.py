@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -29,7 +28,7 @@ from mkedit.data.editable import editable_groups
 from mkedit.methods.config import parse_overrides
 from mkedit.methods.lu_lafns import LuLafnConfig, LuLafnEditor, StepReport, preset_for
 from mkedit.models import load_model
-from mkedit.models.device import add_device_options
+from mkedit.models.device import add_model_and_data_options
 from mkedit.types import EditGroup
 
 
@@ -58,10 +57,7 @@ def trace(editor: LuLafnEditor, group: EditGroup, threshold: float) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b")
-    add_device_options(parser)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--langs", default="en,zh")
+    add_model_and_data_options(parser)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--limit", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE")

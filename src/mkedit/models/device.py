@@ -7,6 +7,7 @@ CPU, where bfloat16 matmuls are slow and the packaged models are small). Bad val
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -65,3 +66,12 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", help=f"auto (bfloat16 on a GPU, float32 on cpu), {', '.join(DTYPES)}"
     )
+
+
+def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``/``--dtype``, ``--data`` (a path, required) and ``--langs``: what every benchmark
+    script that edits records of a data file asks first."""
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    add_device_options(parser)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--langs", default="en,zh")
