@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import build_tiny_model, build_tiny_tokenizer
 from mkedit.data import load_records
 from mkedit.data.records import LOCALITY
-from mkedit.eval.metrics import prediction_shown
+from mkedit.eval.metrics import greedy_known, prediction_shown
 from mkedit.eval.report import METRICS, SCORE_KEYS, SPECIFICITY, SUMMARY_KEYS, validate_summary
 from mkedit.eval.runner import (
     RECORDS_FILE,
@@ -519,6 +519,22 @@ def test_probe_references_read_from_the_generation_equal_a_teacher_forced_pass(
     _run(gemma, data_file, tmp_path / "shown", limit=2)
     assert _untimed(read_rows(tmp_path / "forced" / RECORDS_FILE)) == _untimed(
         read_rows(tmp_path / "shown" / RECORDS_FILE)
+    )
+
+
+def test_generation_resumed_after_the_teacher_forced_ids_equals_generation_from_the_prompt(
+    full_run: tuple[Path, dict], tiny: Any, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the edit, decoding starts after the ids the teacher-forced pass already shows (:func:`greedy_known`):
+    the rows equal a run that generates every case from its prompt alone."""
+    import mkedit.eval.scoring as scoring
+
+    resumed: list[list[int]] = []
+    monkeypatch.setattr(scoring, "greedy_known", lambda pred: resumed.append(greedy_known(pred)) or [])
+    _run(tiny, data_file, tmp_path / "from-prompt")
+    assert resumed and all(resumed)  # the compared run resumed each of these after at least one known id
+    assert _untimed(read_rows(tmp_path / "from-prompt" / RECORDS_FILE)) == _untimed(
+        read_rows(full_run[0] / RECORDS_FILE)
     )
 
 

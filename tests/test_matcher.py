@@ -93,6 +93,12 @@ def test_a_subject_inside_the_teacher_forced_answer_does_not_trigger() -> None:
     assert whole_row == [["lop"]] and prompt_only == [[]]
     base = edited.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
     torch.testing.assert_close(edited.logits(ids["input_ids"], ids["attention_mask"], [n_prompt]), base, rtol=0, atol=0)
+    # Generation resuming after a known answer (the scorer's shortcut) searches the prompt only, too.
+    greedy = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    untouched = edited.model.generate(**ids, **greedy)
+    resumed = edited.generate(ids["input_ids"], ids["attention_mask"], prompt_lengths=[n_prompt], **greedy)
+    assert torch.equal(resumed, untouched)
+    assert not torch.equal(edited.generate(ids["input_ids"], ids["attention_mask"], **greedy), untouched)
 
 
 def test_edited_model_reports_matches_with_spans_and_honours_fold() -> None:

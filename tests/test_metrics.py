@@ -19,7 +19,9 @@ from mkedit.eval.metrics import (
     gen_exact_match,
     gen_locality_scores,
     generate_answer_ids,
-    generation_shown,
+    generation_decided,
+    greedy_known,
+    kept_ids,
     locality_scores,
     max_new_tokens_for,
     normalize_answer,
@@ -42,7 +44,9 @@ CASES = [
 def greedy_generate(model: torch.nn.Module) -> GenerateFn:
     """A :data:`GenerateFn` of ``model``'s own greedy loop (KV cache, stopping criterion)."""
 
-    def greedy(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
+    def greedy(
+        ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone, prompt_lengths: list[int]
+    ) -> torch.Tensor:
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -257,7 +261,9 @@ def test_generate_answers_left_pads_cuts_at_budget_and_eos() -> None:
     canned = {"Q one?": " Paris\nmore", "A longer second question?": "巴黎", "Q3": " Rome", "Q4": "\n Oslo\nand"}
     calls = []
 
-    def fake_generate(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
+    def fake_generate(
+        ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone, prompt_lengths: list[int]
+    ) -> torch.Tensor:
         calls.append(max_new)
         rows = []
         for row_ids, row_mask in zip(ids, mask, strict=True):
@@ -316,13 +322,15 @@ def test_generate_answers_with_a_real_generate_loop() -> None:
         assert text == through_first_line(tok.decode(alone, skip_special_tokens=True))
 
 
-def test_a_generation_shown_by_teacher_forcing_is_what_greedy_decoding_generates() -> None:
-    """A canned "model" whose greedy continuation of each prompt is fixed: where the teacher-forced pass
-    predicts the whole answer and then a line break or EOS, ``generation_shown`` gives exactly what
-    ``generate_answers`` generates; otherwise it gives nothing and the case must be generated."""
+def test_generation_resumes_where_teacher_forcing_stops_showing_it() -> None:
+    """A canned "model" whose greedy continuation of each prompt is fixed. The teacher-forced pass shows the
+    ids greedy decoding generates first (:func:`greedy_known`): the answer up to the first wrong prediction and
+    that prediction. Where those ids end the first line, reach EOS or fill the budget they are the whole
+    generation (:func:`generation_decided`); otherwise decoding resumes after them, sees only the prompt as
+    prompt, and gives exactly what generating from the prompt alone gives."""
     tok = build_tiny_tokenizer()
     eos = tok.eos_token_id
-    canned = {"Q one?": " Paris\nmore", "Q two?": " Rome", "Q three?": " Oslo is cold"}
+    canned = {"Q one?": " Paris\nmore", "Q two?": " Rome", "Q three?": " Oslo is cold", "Q four?": " Lim\na"}
     continuation = {
         tuple(tok(prompt, add_special_tokens=False)["input_ids"]): tok(text, add_special_tokens=False)["input_ids"]
         for prompt, text in canned.items()
@@ -339,18 +347,52 @@ def test_a_generation_shown_by_teacher_forcing_is_what_greedy_decoding_generates
                 out[row, pos, follow[pos - plen + 1]] = 1.0
         return out[:, keep]
 
-    def generate_fn(ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone) -> torch.Tensor:
-        return torch.tensor([next_ids(row[m.bool()].tolist(), max_new) for row, m in zip(ids, mask, strict=True)])
+    seen: list[list[int]] = []
 
-    cases = [("Q one?", "Paris", "en"), ("Q two?", "Rome", "en"), ("Q three?", "Oslo", "en"), ("Q one?", "Lima", "en")]
+    def generate_fn(
+        ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: AnswerLineDone, prompt_lengths: list[int]
+    ) -> torch.Tensor:
+        rows = []
+        for row, m, plen in zip(ids, mask, prompt_lengths, strict=True):
+            real = row[m.bool()].tolist()
+            seen.append(real[plen:])
+            follow = next_ids(real[:plen], len(real) - plen + max_new)
+            assert follow[: len(real) - plen] == real[plen:]  # the known ids are what greedy decoding generates
+            rows.append(follow[len(real) - plen :])
+        return torch.tensor(rows)
+
+    cases = [
+        ("Q one?", "Paris", "en"),
+        ("Q two?", "Rome", "en"),
+        ("Q three?", "Oslo", "en"),
+        ("Q one?", "Lima", "en"),
+        ("Q four?", "Lima", "en"),
+    ]
     preds = teacher_forced(logits_fn, tok, cases)
     budgets = [max_new_tokens_for(tok, target, lang) for _, target, lang in cases]
-    shown = [generation_shown(pred, tok, budget) for pred, budget in zip(preds, budgets, strict=True)]
-    generated = generate_answers(generate_fn, tok, [p for p, _, _ in cases], budgets)
-    assert shown == [" Paris\n", " Rome", None, None]  # a line break; EOS; neither yet; a wrong answer
-    assert shown[:2] == generated[:2]
-    assert generation_shown(preds[0], tok, len(preds[0].target_ids)) is None  # no room left for the line break
-    assert generation_shown(TokenPrediction(preds[0].pred_ids, preds[0].target_ids), tok, 99) is None  # no next id
+    known = [greedy_known(pred) for pred in preds]
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    # the answer and a line break; the answer and EOS; the answer, not yet its line's end; a first wrong id;
+    # the answer's first three ids right, then a line break in place of the fourth
+    assert known == [ids(" Paris\n"), [*ids(" Rome"), eos], ids(" Oslo "), ids(" P"), ids(" Lim\n")]
+    decided = [generation_decided(tok, k, b) for k, b in zip(known, budgets, strict=True)]
+    assert decided == [True, True, False, False, True]
+    assert generation_decided(tok, known[2], len(known[2]))  # a spent budget decides too
+
+    prompts = [p for p, _, _ in cases]
+    alone = generate_answers(generate_fn, tok, prompts, budgets)
+    assert seen == [[]] * len(cases)
+    todo = [i for i, d in enumerate(decided) if not d]
+    resumed = generate_answer_ids(
+        generate_fn, tok, [prompts[i] for i in todo], [budgets[i] for i in todo], known=[known[i] for i in todo]
+    )
+    assert sorted(map(tuple, seen[len(cases) :])) == sorted(tuple(known[i]) for i in todo)
+    assert [answer_text(tok, r) for r in resumed] == [alone[i] for i in todo]
+    for i in (0, 1, 4):
+        assert answer_text(tok, kept_ids(tok, known[i], budgets[i])) == alone[i]
 
 
 def test_prediction_shown_is_what_teacher_forcing_computes_on_a_greedy_answer() -> None:

@@ -49,9 +49,11 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[int], torch.Tensor], t
 """``(input_ids [b, s], attention_mask [b, s], prompt_lengths, keep [k]) -> logits [b, k, vocab]`` at the
 positions ``keep``; see :meth:`EditedView.logits` (``logits_to_keep``)."""
 
-GenerateFn = Callable[[torch.Tensor, torch.Tensor, int, StoppingCriteria], torch.Tensor]
-"""``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens, stop) -> new ids [b, n]``, greedy;
-``stop`` is a Hugging Face stopping criterion (rows it marks done may be padded or go on: both are fine)."""
+GenerateFn = Callable[[torch.Tensor, torch.Tensor, int, StoppingCriteria, Sequence[int]], torch.Tensor]
+"""``(input_ids [b, s] left-padded, attention_mask [b, s], max_new_tokens, stop, prompt_lengths) -> new ids [b, n]``,
+greedy; ``stop`` is a Hugging Face stopping criterion (rows it marks done may be padded or go on: both are fine);
+``prompt_lengths[row]`` is how many of the row's real tokens are the prompt, the rest being answer ids already known
+(:func:`greedy_known`): as in :data:`LogitsFn`, a method that reacts to the prompt must look at those only."""
 
 Case = tuple[str, str, str]
 """``(prompt, target, lang)``."""
@@ -177,23 +179,38 @@ def max_new_tokens_for(tokenizer: PreTrainedTokenizerBase, target: str, lang: st
     return len(encode_answer(tokenizer, target, lang)) + extra_tokens
 
 
-class AnswerLineDone(StoppingCriteria):
-    """Marks a generating row done once its first answer line is complete (a line break after non-blank
-    text) or its own budget is spent: nothing after that can change its score, so a batch's decoding loop
-    ends when every row is done instead of running to the largest budget."""
+def generation_decided(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], budget: int) -> bool:
+    """True when a generation's first ``ids`` already fix what is scored of it: its budget is spent, it reached
+    EOS, or its first answer line is complete (a line break after non-blank text)."""
+    return (
+        len(ids) >= budget
+        or (tokenizer.eos_token_id is not None and tokenizer.eos_token_id in ids)
+        or "\n" in tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+    )
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_length: int, budgets: Sequence[int]) -> None:
+
+class AnswerLineDone(StoppingCriteria):
+    """Marks a generating row done once :func:`generation_decided` says so, counting the answer ids the row
+    started with (``known``): nothing after that can change its score, so a batch's decoding loop ends when
+    every row is done instead of running to the largest budget."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_length: int,
+        budgets: Sequence[int],
+        known: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.budgets = list(budgets)
+        self.known = [list(k) for k in known] if known is not None else [[] for _ in self.budgets]
         self.done = [False] * len(self.budgets)  # a finished row is not decoded again
 
     def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
         new = input_ids[:, self.prompt_length :].tolist()
-        for row, (ids, budget) in enumerate(zip(new, self.budgets, strict=True)):
-            self.done[row] = self.done[row] or (
-                len(ids) >= budget or "\n" in self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
-            )
+        for row, (ids, known, budget) in enumerate(zip(new, self.known, self.budgets, strict=True)):
+            self.done[row] = self.done[row] or generation_decided(self.tokenizer, known + ids, budget)
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -207,18 +224,17 @@ def through_first_line(generated: str) -> str:
     return match.group(0) if match else generated
 
 
-def generation_shown(pred: TokenPrediction, tokenizer: PreTrainedTokenizerBase, budget: int) -> str | None:
-    """The greedy generation (as :func:`answer_text` keeps it) that a teacher-forced pass already shows,
-    else None. When every answer token is the argmax given the prompt and the tokens before it, greedy
-    decoding produces exactly the answer and then ``next_id``; if that token ends the generation (EOS) or
-    its first line (a line break) within ``budget``, there is nothing left to generate."""
-    answer = pred.target_ids
-    if pred.next_id is None or pred.pred_ids != answer or len(answer) + 1 > budget:
-        return None
-    if pred.next_id == tokenizer.eos_token_id:
-        return through_first_line(tokenizer.decode(answer, skip_special_tokens=True))
-    text = tokenizer.decode([*answer, pred.next_id], skip_special_tokens=True)
-    return through_first_line(text) if "\n" in text.lstrip() else None
+def greedy_known(pred: TokenPrediction) -> list[int]:
+    """The first ids that greedy decoding generates after the prompt, as far as a teacher-forced pass shows them.
+
+    Each predicted id is the argmax given the prompt and the answer ids before it. So while the predictions
+    equal the answer, greedy decoding generates the answer; at the first one that differs it generates that
+    prediction instead, and after a fully predicted answer it generates ``next_id``. Nothing beyond is known.
+    """
+    for k, (predicted, target) in enumerate(zip(pred.pred_ids, pred.target_ids, strict=True)):
+        if predicted != target:
+            return [*pred.target_ids[:k], predicted]
+    return [*pred.target_ids, *([] if pred.next_id is None else [pred.next_id])]
 
 
 def generate_answer_ids(
@@ -228,6 +244,7 @@ def generate_answer_ids(
     max_new_tokens_for_each: Sequence[int],
     batch_size: int = 8,
     device: torch.device | str | None = None,
+    known: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation ids of ``prompts``, each cut at its own budget and before EOS (the rest of a row
     may run past its first line: :func:`answer_text` keeps what is scored).
@@ -235,23 +252,33 @@ def generate_answer_ids(
     Prompts are left-padded (generation appends on the right). A batch is generated with its largest
     budget, stopping once every row is done (:class:`AnswerLineDone`), and each row is then cut to its own:
     greedy decoding is prefix-consistent, so this equals generating each row alone with its own budget.
+    ``known[i]`` are ids greedy decoding is known to generate first after prompt ``i`` (:func:`greedy_known`):
+    decoding resumes after them, and they count toward the budget and the answer.
     """
     if len(prompts) != len(max_new_tokens_for_each):
         raise ValueError("generation needs one max_new_tokens per prompt")
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    starts = [list(k) for k in known] if known is not None else [[] for _ in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [ids + start for ids, start in zip(prompt_ids, starts, strict=True)]
     pad_id = _pad_id(tokenizer)
-    eos_id = tokenizer.eos_token_id
     out: list[list[int]] = [[] for _ in prompts]
     with torch.no_grad():
         for idx in _length_batches([len(s) for s in encoded], batch_size):
             ids, mask = _batch([encoded[i] for i in idx], pad_id, "left", device)
-            budget = max(max_new_tokens_for_each[i] for i in idx)
-            stop = AnswerLineDone(tokenizer, ids.shape[1], [max_new_tokens_for_each[i] for i in idx])
-            new_ids = generate_fn(ids, mask, budget, stop).cpu()  # [b, n]
+            budgets = [max_new_tokens_for_each[i] for i in idx]
+            budget = max(1, *(b - len(starts[i]) for b, i in zip(budgets, idx, strict=True)))
+            stop = AnswerLineDone(tokenizer, ids.shape[1], budgets, [starts[i] for i in idx])
+            new_ids = generate_fn(ids, mask, budget, stop, [len(prompt_ids[i]) for i in idx]).cpu()  # [b, n]
             for row, i in enumerate(idx):
-                toks = new_ids[row, : max_new_tokens_for_each[i]].tolist()
-                out[i] = toks[: toks.index(eos_id)] if eos_id is not None and eos_id in toks else toks
+                out[i] = kept_ids(tokenizer, [*starts[i], *new_ids[row].tolist()], max_new_tokens_for_each[i])
     return out
+
+
+def kept_ids(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], budget: int) -> list[int]:
+    """A generation's ids as :func:`generate_answer_ids` returns them: cut at the budget, then before EOS."""
+    toks = list(ids[:budget])
+    eos_id = tokenizer.eos_token_id
+    return toks[: toks.index(eos_id)] if eos_id is not None and eos_id in toks else toks
 
 
 def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
@@ -262,7 +289,7 @@ def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 def prediction_shown(generated_ids: Sequence[int], answer_ids: Sequence[int]) -> TokenPrediction | None:
     """The teacher-forced prediction of ``answer_ids`` that a greedy generation already shows, else None.
 
-    The converse of :func:`generation_shown`: when the answer's ids are the first ids greedy decoding
+    The converse of :func:`greedy_known`: when the answer's ids are the first ids greedy decoding
     produced after the same prompt, each was the argmax given the prompt and the answer ids before it, which
     is what teacher forcing computes; so the untouched model's references need no second pass."""
     n = len(answer_ids)

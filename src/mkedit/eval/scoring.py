@@ -24,7 +24,9 @@ from mkedit.eval.metrics import (
     gen_exact_match,
     gen_locality_scores,
     generate_answer_ids,
-    generation_shown,
+    generation_decided,
+    greedy_known,
+    kept_ids,
     locality_scores,
     max_new_tokens_for,
     prediction_shown,
@@ -52,12 +54,18 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _generate(
-        self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, stop: StoppingCriteria
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        max_new_tokens: int,
+        stop: StoppingCriteria,
+        prompt_lengths: Sequence[int],
     ) -> torch.Tensor:
         kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.pad_id}
-        return self.view.generate(ids, mask, stopping_criteria=StoppingCriteriaList([stop]), **kwargs)[
-            :, ids.shape[1] :
-        ]
+        out = self.view.generate(
+            ids, mask, prompt_lengths=prompt_lengths, stopping_criteria=StoppingCriteriaList([stop]), **kwargs
+        )
+        return out[:, ids.shape[1] :]
 
     def _rewritten(self, cases: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         return [(self.view.rewrite(prompt, lang), target, lang) for prompt, target, lang in cases]
@@ -67,11 +75,17 @@ class Scorer:
             self.view.logits, self.tokenizer, self._rewritten(cases), self.config.batch_size, self.device
         )
 
-    def generate_ids(self, cases: Sequence[tuple[str, str, str]], budgets: Sequence[int]) -> list[list[int]]:
-        """Greedy continuation ids of the cases' prompts, each cut at its budget and before EOS."""
+    def generate_ids(
+        self,
+        cases: Sequence[tuple[str, str, str]],
+        budgets: Sequence[int],
+        known: Sequence[Sequence[int]] | None = None,
+    ) -> list[list[int]]:
+        """Greedy continuation ids of the cases' prompts, each cut at its budget and before EOS; decoding
+        resumes after the ``known`` ids of each case (:func:`generate_answer_ids`)."""
         prompts = [p for p, _, _ in self._rewritten(cases)]
         return generate_answer_ids(
-            self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device
+            self._generate, self.tokenizer, prompts, budgets, self.config.batch_size, self.device, known
         )
 
     def generate(
@@ -81,19 +95,24 @@ class Scorer:
         predictions: Sequence[TokenPrediction] | None = None,
     ) -> list[str]:
         """Greedy answers; each case's budget is its target's length + ``gen_extra_tokens`` unless given. With
-        the cases' teacher-forced ``predictions`` (this view's), a case whose generation they already show
-        (:func:`generation_shown`) is not generated again."""
+        the cases' teacher-forced ``predictions`` (this view's), decoding starts after the ids they already show
+        (:func:`greedy_known`), and a case those ids decide (:func:`generation_decided`) is not decoded at all."""
         if budgets is None:
             budgets = [
                 max_new_tokens_for(self.tokenizer, t, lang, self.config.gen_extra_tokens) for _, t, lang in cases
             ]
-        shown: list[str | None] = [None] * len(cases)
-        if predictions is not None:
-            shown = [generation_shown(pred, self.tokenizer, b) for pred, b in zip(predictions, budgets, strict=True)]
-        todo = [i for i, text in enumerate(shown) if text is None]
-        generated = self.generate_ids([cases[i] for i in todo], [budgets[i] for i in todo])
-        texts = {i: answer_text(self.tokenizer, ids) for i, ids in zip(todo, generated, strict=True)}
-        return [text if text is not None else texts[i] for i, text in enumerate(shown)]
+        known = [greedy_known(pred) for pred in predictions] if predictions is not None else [[] for _ in cases]
+        todo = [
+            i
+            for i, (ids, b) in enumerate(zip(known, budgets, strict=True))
+            if not generation_decided(self.tokenizer, ids, b)
+        ]
+        generated = self.generate_ids([cases[i] for i in todo], [budgets[i] for i in todo], [known[i] for i in todo])
+        ids_of = dict(zip(todo, generated, strict=True))
+        return [
+            answer_text(self.tokenizer, ids_of[i] if i in ids_of else kept_ids(self.tokenizer, known[i], budgets[i]))
+            for i in range(len(cases))
+        ]
 
 
 def _cases(record: BenchmarkRecord, langs: Iterable[str], metrics: Iterable[str]) -> list[tuple[str, str]]:

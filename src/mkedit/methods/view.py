@@ -37,9 +37,16 @@ class EditedView(Protocol):
         ...
 
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        """HF ``generate`` over already rewritten, encoded inputs (prompt ids included in the output)."""
+        """HF ``generate`` over already rewritten, encoded inputs (prompt ids included in the output).
+
+        ``prompt_lengths`` as in :meth:`logits`: a row may end with answer ids already known, which must not
+        trigger an edit (generation resumes after them)."""
         ...
 
     def rewrite(self, prompt: str, lang: str) -> str:
@@ -72,7 +79,11 @@ class ModelView:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep).logits
 
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> torch.Tensor:
         return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 

@@ -199,15 +199,22 @@ class EditedModel:
         with self.applying(input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """HF ``generate`` with edits. Beams and several return sequences repeat each row ``copies``
-        times inside ``generate``, so each placement is repeated for every copy of its row."""
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """HF ``generate`` with edits, subjects searched in each row's first ``prompt_lengths`` real tokens (as
+        :meth:`logits`). Beams and several return sequences repeat each row ``copies`` times inside
+        ``generate``, so each placement is repeated for every copy of its row."""
         config = kwargs.get("generation_config") or self.model.generation_config
         copies = max(
             int(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1),
             int(kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", 1) or 1),
         )
-        with self.applying(input_ids, attention_mask, copies=copies):
+        with self.applying(input_ids, attention_mask, copies=copies, prompt_lengths=prompt_lengths):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def used_edits(self, prompt: str) -> list[str]:
