@@ -75,7 +75,7 @@ def eval_command(
         Path | None,
         typer.Option("--probe-templates", help="Relation templates for the templates source (JSON)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Test prompts per forward")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Most test prompts per forward")] = 64,
     reference_records: Annotated[
         int,
         typer.Option("--reference-records", min=1, help="Records whose pre-edit references share one batched pass"),

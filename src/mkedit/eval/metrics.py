@@ -91,12 +91,40 @@ def _batch(
     return ids.to(device), mask.to(device)
 
 
-def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (less padding); results are put back in order."""
+def _length_batches(lengths: Sequence[int], batch_size: int, forward_cost: int = 0) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding); results are put back in order.
+
+    With ``forward_cost`` = 0, consecutive runs of ``batch_size`` in length order. Otherwise the split of the
+    length order that costs least, counting each batch as ``forward_cost`` + rows x its longest length tokens:
+    where a forward's cost grows with its tokens (a CPU), padding a short row to a long one costs as much as
+    running that many real tokens, and a forward's fixed cost (reading every weight) is worth ``forward_cost``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if not forward_cost:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    sorted_lengths = [lengths[i] for i in order]
+    best = [0] + [float("inf")] * len(order)  # best[j]: cheapest split of the first j rows
+    start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for begin in range(max(0, end - batch_size), end):
+            cost = best[begin] + forward_cost + (end - begin) * sorted_lengths[end - 1]
+            if cost < best[end]:
+                best[end], start[end] = cost, begin
+    batches, end = [], len(order)
+    while end:
+        batches.append(order[start[end] : end])
+        end = start[end]
+    return batches[::-1]
+
+
+def forward_cost_tokens(device: torch.device | str | None) -> int:
+    """A forward's fixed cost in tokens, for :func:`_length_batches`. On a CPU, reading the weights of
+    ``qwen2.5-0.5b`` cost as much as computing 15 tokens on one thread and 37 on two
+    (``benchmarks/forward_cost.py``, 2026-11-30); on an accelerator a forward of a few hundred tokens costs
+    about the same as one of a few, so batches are not split there."""
+    return 32 if torch.device(device or "cpu").type == "cpu" else 0
 
 
 def teacher_forced(
@@ -121,7 +149,7 @@ def teacher_forced(
     pad_id = _pad_id(tokenizer)
     out: list[TokenPrediction | None] = [None] * len(cases)
     with torch.no_grad():
-        for idx in _length_batches([len(s) for s in inputs], batch_size):
+        for idx in _length_batches([len(s) for s in inputs], batch_size, forward_cost_tokens(device)):
             ids, mask = _batch([inputs[i] for i in idx], pad_id, "right", device)
             prompt_lengths = [encoded[i].answer_start for i in idx]
             first = min(prompt_lengths) - 1

@@ -149,7 +149,10 @@ class EvalConfig:
     """cross-lingual only: the languages tested (default: ``langs``)."""
     sequential: bool = False
     generation: bool = True
-    batch_size: int = 32
+    batch_size: int = 64
+    """Most test prompts per forward. Teacher-forced passes on a CPU split a batch further by length
+    (:func:`~mkedit.eval.metrics.forward_cost_tokens`). A generation batch is one decoding loop, each of whose
+    steps reads every weight: the references of 4 records (about 36 rows en+zh) take one loop, not two."""
     reference_records: int = 4
     """Records whose untouched-model references (Locality, Specificity probes) one batched pass computes
     before they are edited: a decoding step costs far less per row for a batch than for one record's rows."""
