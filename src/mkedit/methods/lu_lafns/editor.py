@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import torch
@@ -32,7 +33,7 @@ from mkedit.runtime.relation_gate import (
     gate_key_langs,
     gate_keys,
 )
-from mkedit.types import EditGroup
+from mkedit.types import EditGroup, EditRequest
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,26 @@ class LuLafnEditor(EditMethod[LuLafnConfig]):
                 chat=self.config.chat_form and bool(self.tokenizer.chat_template),
             )
             sequences += [s for s in seqs if s.kind != "kl" or self.config.lambda_kl > 0]  # λ2 = 0: nothing to run
+            if self.config.train_paraphrases:
+                sequences += self._paraphrase_sequences(req, context, stop, group.other_subjects(req.lang))
             subjects[req.lang] = list(dict.fromkeys([req.subject, span.surface]))
         if self.config.lambda_keep > 0:
             prompts = keep_prompts(group, keep_templates(self.config.keep_templates))
             for req in group.requests:
                 sequences += [subject_prompt(self.tokenizer, t, req.subject, "keep") for t in prompts[req.lang]]
         return sequences, subjects
+
+    def _paraphrase_sequences(
+        self, req: EditRequest, context: str, stop: int | None, aligned: Sequence[str]
+    ) -> list[TrainSequence]:
+        """The new answer after each paraphrase of ``req``'s question (no prefix): more target sequences."""
+        sequences: list[TrainSequence] = []
+        for paraphrase in req.paraphrases:
+            seqs, _ = sequences_for_request(
+                self.tokenizer, replace(req, question=paraphrase), (), True, context, stop, aligned=aligned
+            )
+            sequences += [s for s in seqs if s.kind == "target"]
+        return sequences
 
     def matcher_info(self) -> dict[str, object]:
         return describe_matcher(self.config.match_fold)
