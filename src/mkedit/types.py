@@ -11,8 +11,9 @@ from mkedit.languages import normalize_code
 class EditRequest:
     """One fact to change in one language: ``question`` should be answered by ``answer``.
 
-    ``paraphrases`` are other phrasings of ``question`` used only to locate neurons (Eq. 4); the
-    test inputs of a benchmark (rephrase, portability) must never be put here.
+    ``paraphrases`` are other phrasings of ``question`` that locate neurons (Eq. 4) and, with LU-LAFNs'
+    ``train_paraphrases``, are trained on too; the test inputs of a benchmark (rephrase, portability) must
+    never be put here.
     """
 
     lang: str

@@ -80,8 +80,9 @@ class LuLafnConfig(MethodConfig):
     """Also train on the question without a prefix (as MEMIT's context templates do)."""
     train_paraphrases: bool = False
     """Also train the new answer after each of the request's paraphrases (``--paraphrases``), bare, as more
-    target sequences. Not in the paper, which uses paraphrases only to locate; meant to carry the edit to
-    other phrasings of the question (Generality)."""
+    target sequences; each must name the subject, as ``mkedit paraphrase`` keeps them. Not in the paper, which
+    uses paraphrases only to locate; meant to carry the edit to other phrasings of the question (Generality). On
+    20 MzsRE dev records it did not raise Generality EM (README, Choices)."""
     train_stop_token: bool = True
     """Also train a line break after the answer. Not in the paper (whose metrics are teacher-forced on
     the answer tokens alone); without it, a generating model tends to repeat the new answer
